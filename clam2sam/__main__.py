@@ -1,0 +1,4 @@
+from clam2sam.cli import main
+
+if __name__ == "__main__":
+    main()

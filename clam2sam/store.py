@@ -1,0 +1,476 @@
+"""The Zarr v3 store: write a slide (complete-last), read a slide, resume, lock.
+
+Public API::
+
+    w = StoreWriter("cohort.zarr", feature_dim=1024, feature_dtype="float32")
+    w.write_slide(SlideArrays.from_partition("s1", features, coords, segment_ids, segment_areas=...))
+    w.finalize(); w.close()
+
+    r = open_store("cohort.zarr")
+    for sid in r.slide_ids(): bag = r.read_slide(sid)
+
+Each slide is its own group with one shard per array (a handful of files), so one writer per slide
+never collides with another (zarr rewrites whole shards). The slide attr ``complete`` is written last:
+an interrupted slide is visibly incomplete and is rewritten on the next run.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import shutil
+import socket
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import zarr
+from zarr.codecs import BloscCodec, BloscShuffle
+
+from clam2sam import schema
+from clam2sam.errors import StoreError, StoreExistsError, StoreLockedError, UsageError
+from clam2sam.groups import csr_from_segment_ids, group_features_partition
+from clam2sam.ids import key_to_slide_id, slide_key
+
+LOCK_NAME = ".clam2sam.lock"
+CHUNK_BYTES = 4 << 20  # ~4 MiB uncompressed per chunk
+
+
+def _compressor(clevel: int = 3) -> BloscCodec:
+    return BloscCodec(cname="zstd", clevel=clevel, shuffle=BloscShuffle.shuffle)
+
+
+def chunk_rows(row_bytes: int) -> int:
+    """Rows per chunk so that a chunk holds about CHUNK_BYTES (power of two, 64..65536)."""
+    rows = max(64, min(65536, CHUNK_BYTES // max(row_bytes, 1)))
+    return 1 << (rows.bit_length() - 1)
+
+
+@dataclass
+class SlideArrays:
+    """Everything stored for one slide. Shapes: N patches, D feature dim, S segments, M memberships."""
+
+    slide_id: str
+    features: np.ndarray                  # (N, D)
+    coords: np.ndarray                    # (N, 2) int64 level-0 (x, y)
+    segment_ids: np.ndarray               # (N,) int32, -1 = none
+    patch_sam_area: np.ndarray            # (N,) int64
+    group_features: np.ndarray            # (S, D)
+    segment_sizes: np.ndarray             # (S,) int64
+    segment_areas: np.ndarray             # (S,) float64 level-0 px^2
+    segment_areas_um2: np.ndarray         # (S,) float64
+    segment_sam_area: np.ndarray          # (S,) int64
+    segment_source_index: np.ndarray      # (S,) int32
+    member_indptr: np.ndarray             # (S+1,) int64
+    member_indices: np.ndarray            # (M,) int32
+    attrs: dict = field(default_factory=dict)
+
+    @property
+    def n_patches(self) -> int:
+        return int(self.features.shape[0])
+
+    @property
+    def n_segments(self) -> int:
+        return int(self.group_features.shape[0])
+
+    @classmethod
+    def from_partition(cls, slide_id: str, features: np.ndarray, coords: np.ndarray,
+                       segment_ids: np.ndarray | None = None, *, segment_areas=None, segment_sam_area=None,
+                       segment_source_index=None, mpp: float | None = None, attrs: dict | None = None
+                       ) -> "SlideArrays":
+        """Build a slide from in-memory arrays (for cohorts that do not come from CLAM).
+
+        Args:
+            features: ``(N, D)`` float16/32/64.
+            coords: ``(N, 2)`` level-0 top-left (x, y).
+            segment_ids: ``(N,)`` 0..S-1 or -1; ``None`` = no segmentation (S = 0).
+            segment_areas: ``(S,)`` level-0 px^2; default: member count x patch area (needs
+                ``attrs["patch_size_level0"]``) or member count.
+            segment_sam_area: ``(S,)`` SAM-pixel areas; default 0 (unknown).
+            segment_source_index: ``(S,)``; default ``arange(S)``.
+            mpp: microns per level-0 pixel, for ``segment_areas_um2``.
+            attrs: extra slide attrs (label, case_id, patch_size_level0, ...).
+        """
+        features = np.asarray(features)
+        N = features.shape[0]
+        coords = np.asarray(coords, dtype=np.int64).reshape(-1, 2)
+        if segment_ids is None:
+            segment_ids = np.full(N, schema.NO_SEGMENT, np.int32)
+        segment_ids = np.asarray(segment_ids, dtype=np.int32)
+        S = int(segment_ids.max()) + 1 if N and segment_ids.max() >= 0 else 0
+        indptr, indices = csr_from_segment_ids(segment_ids, S)
+        sizes = np.diff(indptr).astype(np.int64)
+        attrs = dict(attrs or {})
+        if segment_areas is None:
+            ps = attrs.get("patch_size_level0")
+            segment_areas = sizes * (float(ps) ** 2 if ps else 1.0)
+        segment_areas = np.asarray(segment_areas, dtype=np.float64)
+        sam_area = (np.zeros(S, np.int64) if segment_sam_area is None
+                    else np.asarray(segment_sam_area, dtype=np.int64))
+        psa = np.ones(N, np.int64)
+        assigned = segment_ids >= 0
+        psa[assigned] = sam_area[segment_ids[assigned]] if S else 1
+        um2 = segment_areas * mpp * mpp if mpp else np.full(S, np.nan)
+        if mpp:
+            attrs.setdefault("mpp", float(mpp))
+        return cls(
+            slide_id=slide_id, features=features, coords=coords, segment_ids=segment_ids,
+            patch_sam_area=psa, group_features=group_features_partition(features, segment_ids, S),
+            segment_sizes=sizes, segment_areas=segment_areas, segment_areas_um2=np.asarray(um2, np.float64),
+            segment_sam_area=sam_area,
+            segment_source_index=(np.arange(S, dtype=np.int32) if segment_source_index is None
+                                  else np.asarray(segment_source_index, np.int32)),
+            member_indptr=indptr, member_indices=indices, attrs=attrs)
+
+    def validate(self) -> None:
+        """Cheap shape/dtype consistency checks; raises StoreError naming the slide and array."""
+        N, S = self.n_patches, self.n_segments
+        checks = [
+            ("features", self.features.ndim == 2, "must be 2-D (N, D)"),
+            ("coords", self.coords.shape == (N, 2), f"shape {self.coords.shape} != ({N}, 2)"),
+            ("segment_ids", self.segment_ids.shape == (N,), f"shape {self.segment_ids.shape} != ({N},)"),
+            ("patch_sam_area", self.patch_sam_area.shape == (N,), "length != N"),
+            ("segment_sizes", self.segment_sizes.shape == (S,), "length != S"),
+            ("segment_areas", self.segment_areas.shape == (S,), "length != S"),
+            ("segment_areas_um2", self.segment_areas_um2.shape == (S,), "length != S"),
+            ("segment_sam_area", self.segment_sam_area.shape == (S,), "length != S"),
+            ("segment_source_index", self.segment_source_index.shape == (S,), "length != S"),
+            ("member_indptr", self.member_indptr.shape == (S + 1,), "length != S+1"),
+            ("group_features", self.group_features.ndim == 2 and
+             self.group_features.shape[1:] == self.features.shape[1:], "dim differs from features"),
+        ]
+        for name, ok, msg in checks:
+            if not ok:
+                raise StoreError(f"array {name!r}: {msg}", slide=self.slide_id,
+                                 fix="this is a bug in the producer of the arrays")
+        if S and (self.segment_ids.max() >= S or self.segment_ids.min() < schema.NO_SEGMENT):
+            raise StoreError("segment_ids out of range 0..S-1/-1", slide=self.slide_id)
+
+
+# ----------------------------------------------------------------------------------------------- lock
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def read_lock(path: Path) -> dict | None:
+    p = Path(path) / LOCK_NAME
+    try:
+        return json.loads(p.read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def lock_is_stale(info: dict) -> bool:
+    """A lock is stale when its holder ran on this host and that pid no longer exists."""
+    return info.get("hostname") == socket.gethostname() and not _pid_alive(int(info.get("pid", -1)))
+
+
+def acquire_lock(path: Path, *, break_stale: bool = False) -> Path:
+    """Create ``<store>/.clam2sam.lock`` atomically (O_EXCL).
+
+    Raises:
+        StoreLockedError: another live process holds it, or a stale lock exists and ``break_stale`` is False.
+    """
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    lock = path / LOCK_NAME
+    payload = json.dumps({"pid": os.getpid(), "hostname": socket.gethostname(),
+                          "created": _dt.datetime.now(_dt.timezone.utc).isoformat()})
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            info = read_lock(path) or {}
+            holder = f"pid {info.get('pid')} on {info.get('hostname')} since {info.get('created')}"
+            if lock_is_stale(info):
+                if break_stale:
+                    lock.unlink(missing_ok=True)
+                    continue
+                raise StoreLockedError(
+                    f"store is locked by a process that no longer runs ({holder})", path=lock,
+                    fix="re-run with --break-stale-lock to clear it (the store itself stays valid)")
+            raise StoreLockedError(f"store is being written by another process ({holder})", path=lock,
+                                   fix="wait for it to finish, or write to another --out")
+        with os.fdopen(fd, "w") as f:
+            f.write(payload)
+        return lock
+    raise StoreLockedError("could not acquire the store lock", path=lock)  # pragma: no cover
+
+
+# ---------------------------------------------------------------------------------------------- writer
+
+class StoreWriter:
+    """Create or resume a store and write slides into it.
+
+    Args:
+        path: store directory (``*.zarr``).
+        feature_dim, feature_dtype: fixed on first use; every slide must match.
+        encoder: encoder name if known.
+        membership: rule name recorded at the root.
+        overwrite: delete an existing store first.
+        lock: take the store's write lock (workers writing single slides for a client pass False).
+        break_stale_lock: clear a lock left by a dead process.
+        clevel: zstd level.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, feature_dim: int | None = None,
+                 feature_dtype: str | None = None, encoder: str | None = None,
+                 membership: str = schema.MEMBERSHIP_PARTITION, overwrite: bool = False, lock: bool = True,
+                 break_stale_lock: bool = False, clevel: int = 3):
+        from clam2sam import __version__
+
+        self.path = Path(path)
+        self.clevel = clevel
+        self._lock_path: Path | None = None
+        if overwrite and self.path.exists():
+            if lock:
+                info = read_lock(self.path)
+                if info and not lock_is_stale(info):
+                    raise StoreLockedError(f"cannot overwrite: store is being written by pid {info.get('pid')}",
+                                           path=self.path, fix="wait for the other conversion to finish")
+            shutil.rmtree(self.path)
+        if self.path.exists() and not (self.path / "zarr.json").exists() and any(
+                p.name != LOCK_NAME for p in self.path.iterdir()):
+            raise StoreExistsError("output exists and is not a clam2sam store", path=self.path,
+                                   fix="choose another --out or delete it")
+        if lock:
+            self._lock_path = acquire_lock(self.path, break_stale=break_stale_lock)
+        try:
+            if (self.path / "zarr.json").exists():
+                self.root = zarr.open_group(str(self.path), mode="r+", use_consolidated=False)
+                a = dict(self.root.attrs)
+                if a.get("schema_version") != schema.SCHEMA_VERSION:
+                    raise StoreError(f"store has schema_version {a.get('schema_version')}, this tool writes "
+                                     f"{schema.SCHEMA_VERSION}", path=self.path,
+                                     fix="convert into a new store or pass --overwrite")
+                if a.get("membership") and membership and a["membership"] != membership:
+                    raise UsageError(f"store was converted with membership {a['membership']!r}, not "
+                                     f"{membership!r}", path=self.path, fix="use --overwrite or another --out")
+            else:
+                self.root = zarr.open_group(str(self.path), mode="a")
+                self.root.require_group(schema.SLIDES_GROUP)
+                self.root.attrs.update({
+                    "schema_version": schema.SCHEMA_VERSION, "tool": "clam2sam", "tool_version": __version__,
+                    "feature_dim": None, "feature_dtype": None, "encoder": encoder, "membership": membership,
+                    "created": _dt.datetime.now(_dt.timezone.utc).isoformat(), "n_slides": 0})
+            if feature_dim is not None or feature_dtype is not None:
+                self._set_features(feature_dim, feature_dtype)
+            if encoder and not self.root.attrs.get("encoder"):
+                self.root.attrs["encoder"] = encoder
+        except BaseException:
+            self.close()
+            raise
+
+    # -- state
+    def _set_features(self, dim, dtype) -> None:
+        a = self.root.attrs
+        cur_dim, cur_dtype = a.get("feature_dim"), a.get("feature_dtype")
+        if cur_dim is None and dim is not None:
+            a["feature_dim"] = int(dim)
+        if cur_dtype is None and dtype is not None:
+            a["feature_dtype"] = str(np.dtype(dtype))
+
+    def slides_group(self):
+        return self.root[schema.SLIDES_GROUP]
+
+    def is_complete(self, slide_id: str) -> bool:
+        p = self.path / schema.SLIDES_GROUP / slide_key(slide_id) / "zarr.json"
+        if not p.exists():
+            return False
+        try:
+            return bool(json.loads(p.read_text()).get("attributes", {}).get("complete"))
+        except ValueError:
+            return False
+
+    def check_compatible(self, slide_id: str, dim: int, dtype) -> None:
+        """Raise StoreError when a slide's feature dim/dtype differs from the store's."""
+        a = self.root.attrs
+        if a.get("feature_dim") is not None and int(a["feature_dim"]) != int(dim):
+            raise StoreError(f"feature dim {dim} differs from the store's {a['feature_dim']}", slide=slide_id,
+                             fix="features from different encoders go into different stores")
+        if a.get("feature_dtype") is not None and str(np.dtype(dtype)) != a["feature_dtype"]:
+            raise StoreError(f"feature dtype {np.dtype(dtype)} differs from the store's {a['feature_dtype']}",
+                             slide=slide_id, fix="convert slides of one dtype per store (no silent casting)")
+
+    # -- writing
+    def write_slide(self, s: SlideArrays) -> None:
+        """Write one slide group; ``complete`` is set only after every array is on disk."""
+        s.validate()
+        D = s.features.shape[1]
+        if str(s.features.dtype) not in schema.FEATURE_DTYPES:
+            raise StoreError(f"features dtype {s.features.dtype} is not a float type", slide=s.slide_id)
+        self.check_compatible(s.slide_id, D, s.features.dtype)
+        self._set_features(D, s.features.dtype)
+        write_slide_group(self.path, s, clevel=self.clevel)
+
+    def finalize(self) -> None:
+        """Record the number of complete slides and consolidate metadata (re-run after later writes)."""
+        self.root.attrs["n_slides"] = len(list_slide_keys(self.path, complete_only=True))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            zarr.consolidate_metadata(str(self.path))
+
+    def close(self) -> None:
+        if self._lock_path is not None:
+            try:
+                info = read_lock(self.path)
+                if info and info.get("pid") == os.getpid():
+                    self._lock_path.unlink(missing_ok=True)
+            finally:
+                self._lock_path = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def write_slide_group(store_path: str | os.PathLike, s: SlideArrays, *, clevel: int = 3) -> None:
+    """Write one slide group (usable from a worker process: touches only this slide's files)."""
+    store_path = Path(store_path)
+    key = slide_key(s.slide_id)
+    gdir = store_path / schema.SLIDES_GROUP / key
+    if gdir.exists():  # incomplete or being overwritten: start clean
+        shutil.rmtree(gdir)
+    g = zarr.open_group(str(gdir), mode="w")
+    comp = _compressor(clevel)
+    for name in schema.ALL_ARRAYS:
+        data = np.asarray(getattr(s, name))
+        if name in schema.DTYPES:
+            data = data.astype(schema.DTYPES[name], copy=False)
+        row_bytes = int(np.prod(data.shape[1:], dtype=np.int64)) * data.dtype.itemsize if data.ndim else 8
+        rows = chunk_rows(row_bytes)
+        n = data.shape[0]
+        rows = min(rows, max(1, 1 << max(n - 1, 0).bit_length()))  # no huge chunks for tiny arrays
+        chunks = (rows,) + data.shape[1:]
+        shard_rows = max(rows, -(-n // rows) * rows)
+        arr = g.create_array(name, shape=data.shape, dtype=data.dtype, chunks=chunks,
+                             shards=(shard_rows,) + data.shape[1:], compressors=comp, fill_value=0)
+        if n:
+            arr[...] = data
+    attrs = {k: _jsonable(v) for k, v in s.attrs.items() if k != "complete"}
+    attrs.update(slide_id=s.slide_id, n_patches=s.n_patches, n_segments=s.n_segments)
+    g.attrs.update(attrs)
+    g.attrs["complete"] = True  # last write: marks the slide done
+
+
+def _jsonable(v):
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    if isinstance(v, Path):
+        return str(v)
+    if isinstance(v, float) and not np.isfinite(v):
+        return None
+    return v
+
+
+def list_slide_keys(store_path: str | os.PathLike, *, complete_only: bool = True) -> list[str]:
+    """Slide group keys, sorted; reads each group's ``zarr.json`` (no stale consolidated metadata)."""
+    d = Path(store_path) / schema.SLIDES_GROUP
+    if not d.is_dir():
+        return []
+    out = []
+    for p in sorted(d.iterdir()):
+        zj = p / "zarr.json"
+        if not zj.exists():
+            if not complete_only and p.is_dir():
+                out.append(p.name)
+            continue
+        if complete_only:
+            try:
+                if not json.loads(zj.read_text()).get("attributes", {}).get("complete"):
+                    continue
+            except ValueError:
+                continue
+        out.append(p.name)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- reader
+
+class StoreReader:
+    """Read-only access to a store. Cheap to construct; safe to use from forked DataLoader workers."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        zj = self.path / "zarr.json"
+        if not zj.exists():
+            raise StoreError("not a clam2sam store (no zarr.json)", path=self.path,
+                             fix="run `clam2sam convert ... --out STORE` first")
+        try:
+            self.attrs = json.loads(zj.read_text()).get("attributes", {})
+        except ValueError as e:
+            raise StoreError(f"corrupt root metadata ({e})", path=zj, fix="re-run the conversion") from e
+        v = self.attrs.get("schema_version")
+        if v != schema.SCHEMA_VERSION:
+            raise StoreError(f"store schema_version {v!r}, this tool reads {schema.SCHEMA_VERSION}",
+                             path=self.path, fix="re-convert the archive with this version of clam2sam")
+
+    @property
+    def feature_dim(self) -> int | None:
+        return self.attrs.get("feature_dim")
+
+    def slide_ids(self, *, complete_only: bool = True) -> list[str]:
+        return [key_to_slide_id(k) for k in list_slide_keys(self.path, complete_only=complete_only)]
+
+    def incomplete_slide_ids(self) -> list[str]:
+        done = set(self.slide_ids())
+        return [s for s in self.slide_ids(complete_only=False) if s not in done]
+
+    def group(self, slide_id: str):
+        gdir = self.path / schema.SLIDES_GROUP / slide_key(slide_id)
+        if not (gdir / "zarr.json").exists():
+            raise StoreError("slide not in store", slide=slide_id, path=self.path,
+                             fix="list slides with `clam2sam inspect STORE`")
+        return zarr.open_group(str(gdir), mode="r", use_consolidated=False)
+
+    def slide_attrs(self, slide_id: str) -> dict:
+        p = self.path / schema.SLIDES_GROUP / slide_key(slide_id) / "zarr.json"
+        try:
+            return json.loads(p.read_text()).get("attributes", {})
+        except FileNotFoundError as e:
+            raise StoreError("slide not in store", slide=slide_id, path=self.path) from e
+
+    def read_array(self, slide_id: str, name: str) -> np.ndarray:
+        g = self.group(slide_id)
+        try:
+            return g[name][...]
+        except KeyError as e:
+            raise StoreError(f"array {name!r} missing", slide=slide_id, path=self.path,
+                             fix="the store is corrupt; re-convert this slide (--overwrite-slide or delete it)"
+                             ) from e
+        except Exception as e:  # noqa: BLE001 - codec / truncated shard errors
+            raise StoreError(f"array {name!r} unreadable ({type(e).__name__}: {e})", slide=slide_id,
+                             path=self.path, fix="the store is corrupt; re-convert this slide") from e
+
+    def read_slide(self, slide_id: str, arrays: tuple[str, ...] | None = None) -> SlideArrays:
+        """Read a slide. ``arrays`` restricts which arrays are read (others become empty arrays)."""
+        attrs = self.slide_attrs(slide_id)
+        if not attrs.get("complete"):
+            raise StoreError("slide is incomplete (its conversion was interrupted)", slide=slide_id,
+                             path=self.path, fix="re-run `clam2sam convert` to resume")
+        names = schema.ALL_ARRAYS if arrays is None else arrays
+        data = {n: self.read_array(slide_id, n) for n in names}
+        for n in schema.ALL_ARRAYS:
+            data.setdefault(n, np.zeros(0))
+        return SlideArrays(slide_id=slide_id, attrs=attrs, **data)
+
+
+def open_store(path: str | os.PathLike) -> StoreReader:
+    """Open a store read-only (validates the schema version)."""
+    return StoreReader(path)
