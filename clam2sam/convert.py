@@ -1,0 +1,286 @@
+"""``clam2sam convert`` as a Python API: a feature archive -> one Zarr store with SAM segments.
+
+Usage::
+
+    from clam2sam.convert import ConvertOptions, convert_cohort
+    report = convert_cohort(ConvertOptions(archive="feat_dir", out="cohort.zarr",
+                                           segments_dir="feat_dir/segments", membership="reference"))
+    print(report, report.return_code)
+
+Slides are converted one by one (or in ``workers`` processes, one writer per slide); complete slides
+already in the store are skipped (resume), incomplete ones are redone. The first failure stops the run
+unless ``skip_errors``; completed slides are always kept. A JSON report is written (default
+``<out>/convert_report.json``).
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+import pickle
+import shutil
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from clam2sam import schema
+from clam2sam.convert_slide import SegmentProvider, SlideJob, run_job_safe
+from clam2sam.discover import LAYOUTS, discover
+from clam2sam.errors import InputFormatError, StoreError, UsageError
+from clam2sam.ids import normalise_slide_id, slide_key
+from clam2sam.process_list import PROCESS_LIST_NAME, read_dataset_csv, read_mpp_csv, read_process_list
+from clam2sam.report import Report
+from clam2sam.store import StoreWriter
+
+REPORT_NAME = "convert_report.json"
+Progress = Callable[["str | None", int, int], None]
+
+
+@dataclass
+class ConvertOptions:
+    """Options of :func:`convert_cohort` (the CLI flags of ``clam2sam convert``, same names)."""
+
+    archive: Path
+    out: Path
+    layout: str | None = None                 # auto: clam-fp | clam-legacy | trident | sammil
+    features_dir: Path | None = None
+    pt_dir: Path | None = None
+    patches_dir: Path | None = None
+    sam_info_dir: Path | None = None
+    segments_dir: Path | None = None          # default: <archive>/segments when present
+    slides_dir: Path | None = None            # slide files: mpp, level downsamples, SAM pass input
+    encoder: str | None = None
+    process_list: Path | None = None          # default: <archive>/process_list_autogen.csv when present
+    use_process_list: bool = True
+    dataset_csv: Path | None = None           # case_id,slide_id,label
+    label_col: str = "label"
+    slides: tuple[str, ...] = ()              # restrict to these slide ids
+    mpp: float | None = None                  # fallback mpp when the slide gives none
+    mpp_csv: Path | None = None               # slide_id,mpp (wins over the slide)
+    patch_size_level0: float | None = None
+    level_downsamples: tuple[str, ...] = ()   # "LEVEL:FACTOR" or "SLIDE=LEVEL:FACTOR"
+    legacy_downsample: float | None = None
+    membership: str = schema.MEMBERSHIP_PARTITION
+    overwrite: bool = False
+    skip_errors: bool = False
+    workers: int = 1
+    report_path: Path | None = None
+    checksums: bool = True
+    break_stale_lock: bool = False
+    clevel: int = 3
+    extra: dict = field(default_factory=dict)  # reserved for plug-ins
+
+    def __post_init__(self):
+        for name in ("archive", "out", "features_dir", "pt_dir", "patches_dir", "sam_info_dir", "segments_dir",
+                     "slides_dir", "process_list", "dataset_csv", "mpp_csv", "report_path"):
+            v = getattr(self, name)
+            if v is not None and not isinstance(v, Path):
+                setattr(self, name, Path(v))
+        self.slides = tuple(self.slides or ())
+        self.level_downsamples = tuple(self.level_downsamples or ())
+
+
+def parse_level_downsamples(specs) -> tuple[dict[int, float], dict[str, dict[int, float]]]:
+    """Parse ``LEVEL:FACTOR`` (all slides) and ``SLIDE=LEVEL:FACTOR`` entries (comma lists allowed)."""
+    glob: dict[int, float] = {}
+    per: dict[str, dict[int, float]] = {}
+    for spec in specs:
+        for item in str(spec).split(","):
+            item = item.strip()
+            if not item:
+                continue
+            sid, _, rest = item.rpartition("=")
+            try:
+                lvl, fac = rest.split(":")
+                lvl_i, fac_f = int(lvl), float(fac)
+            except ValueError as e:
+                raise UsageError(f"bad --level-downsample {item!r}",
+                                 fix="write LEVEL:FACTOR or SLIDE=LEVEL:FACTOR, e.g. 1:2 or ihc_tiled=1:2") from e
+            if lvl_i < 0 or not fac_f >= 1:
+                raise UsageError(f"bad --level-downsample {item!r}", fix="LEVEL >= 0 and FACTOR >= 1")
+            (per.setdefault(normalise_slide_id(sid), {}) if sid else glob)[lvl_i] = fac_f
+    return glob, per
+
+
+def _check(o: ConvertOptions) -> None:
+    if o.membership not in schema.MEMBERSHIP_RULES:
+        raise UsageError(f"unknown membership rule {o.membership!r}", fix=f"use one of {schema.MEMBERSHIP_RULES}")
+    if o.layout is not None and o.layout not in LAYOUTS:
+        raise UsageError(f"unknown layout {o.layout!r}", fix=f"use one of {LAYOUTS}")
+    if o.workers < 1:
+        raise UsageError("--workers must be >= 1", fix="pass --workers 1 or more")
+    for name in ("mpp", "patch_size_level0", "legacy_downsample"):
+        v = getattr(o, name)
+        if v is not None and not v > 0:
+            raise UsageError(f"--{name.replace('_', '-')} must be > 0", fix="pass a positive number")
+    if o.out.resolve() == o.archive.resolve():
+        raise UsageError("--out would write into the source archive", path=o.out, fix="choose another --out")
+
+
+def convert_cohort(options: ConvertOptions, segment_provider: SegmentProvider | None = None,
+                   progress: Progress | None = None) -> Report:
+    """Convert every selected slide of an archive into the store ``options.out``.
+
+    Args:
+        options: see :class:`ConvertOptions`.
+        segment_provider: optional ``(slide_id, coords (N,2) int64, patch_size_level0, slide_path | None)
+            -> MaskSet | None`` (e.g. the SAM pass); when given it replaces the Segments pickles.
+        progress: optional callback ``(slide_id | None, done, total)``, called once at the start and after
+            each slide.
+
+    Returns:
+        The Report (``report.return_code``: 0 all good, 1 some slides failed).
+
+    Raises:
+        UsageError: bad options. InputFormatError: unknown layout / unreadable CSVs. StoreError: the store is
+        locked, of another schema, or not a store.
+    """
+    o = options
+    _check(o)
+    report = Report()
+    disc = discover(o.archive, layout=o.layout, features_dir=o.features_dir, pt_dir=o.pt_dir,
+                    patches_dir=o.patches_dir, sam_info_dir=o.sam_info_dir, segments_dir=o.segments_dir,
+                    slides_dir=o.slides_dir, encoder=o.encoder)
+    for w in disc.warnings:
+        report.warn(w)
+    pl_path = o.process_list or ((o.archive / PROCESS_LIST_NAME) if (o.archive / PROCESS_LIST_NAME).is_file() else None)
+    plist = read_process_list(pl_path) if (o.use_process_list and pl_path) else None
+    labels = read_dataset_csv(o.dataset_csv, o.label_col) if o.dataset_csv else None
+    mpps = read_mpp_csv(o.mpp_csv) if o.mpp_csv else {}
+    glob_lds, slide_lds = parse_level_downsamples(o.level_downsamples)
+    if segment_provider is None and disc.dirs.get("segments_pkl") is None:
+        report.warn("no segments (no --segments-dir, no SAM pass): every patch gets segment -1, S = 0")
+
+    ids = list(disc.slides) + [s for s in disc.duplicates if s not in disc.slides]
+    ids = sorted(set(ids))
+    if o.slides:
+        wanted = {normalise_slide_id(s) for s in o.slides}
+        for s in sorted(wanted - set(ids)):
+            report.warn(f"slide {s!r} asked for with --slide but not found in {o.archive}")
+        ids = [i for i in ids if i in wanted]
+    if plist is not None:
+        for sid in sorted(set(plist.rows) - set(disc.slides)):
+            report.warn(f"slide {sid!r} is listed in {plist.path} (status {plist.status(sid)}) but has no features")
+        for sid in [i for i in ids if i not in plist.rows]:
+            report.skipped(sid, f"features present but not listed in {plist.path} (pass --no-process-list "
+                                "to convert it anyway)")
+        ids = [i for i in ids if i in plist.rows]
+    if labels is not None:
+        for sid in sorted(set(labels) - set(disc.slides)):
+            report.warn(f"slide {sid!r} is in {o.dataset_csv} but has no features")
+        for sid in ids:
+            if sid not in labels:
+                report.warn(f"slide {sid!r} has no row in {o.dataset_csv}: label and case_id left empty")
+
+    writer = StoreWriter(o.out, encoder=disc.encoder or o.encoder, membership=o.membership,
+                         overwrite=o.overwrite, break_stale_lock=o.break_stale_lock, clevel=o.clevel)
+    expect_pt = disc.layout in ("clam-fp", "clam-legacy", "sammil") and disc.dirs.get("features_pt") is not None
+    pending: list[tuple[str, object]] = []   # ("job", SlideJob) | ("fail", error)
+    for sid in ids:
+        if sid in disc.duplicates:
+            pending.append((sid, InputFormatError(
+                f"duplicate slide id after normalisation: {disc.duplicates[sid]}", slide=sid,
+                fix="rename or remove one of the files (ids drop extensions such as .ome.tif)")))
+            continue
+        if not o.overwrite and writer.is_complete(sid):
+            report.skipped(sid, "already complete in the store (resume); pass --overwrite to redo")
+            continue
+        lab = (labels or {}).get(sid, {})
+        if segment_provider is None and disc.dirs.get("segments_pkl") and disc.slides[sid].segments_pkl is None:
+            report.warn(f"slide {sid!r}: no Segments pickle in {disc.dirs['segments_pkl']}: converted without "
+                        "segments (S = 0)")
+        pending.append((sid, SlideJob(
+            files=disc.slides[sid], layout=disc.layout, out=o.out, membership=o.membership, label=lab.get("label"),
+            case_id=lab.get("case_id"), mpp=mpps.get(sid), default_mpp=o.mpp, patch_size_level0=o.patch_size_level0,
+            legacy_downsample=o.legacy_downsample, level_downsamples={**glob_lds, **slide_lds.get(sid, {})},
+            process_list=plist.provenance(sid) if plist else None, encoder=disc.encoder or o.encoder,
+            expect_pt=expect_pt, checksums=o.checksums, clevel=o.clevel)))
+    try:
+        _run(o, writer, pending, report, segment_provider, progress)
+    finally:
+        try:
+            writer.finalize()
+        finally:
+            writer.close()
+    report.outcomes.sort(key=lambda x: x.slide_id)
+    report.write_json(o.report_path or (o.out / REPORT_NAME))
+    return report
+
+
+def _record(o, writer: StoreWriter, report: Report, sid: str, status: str, res) -> bool:
+    """Book one slide's outcome; returns False when the run must stop."""
+    if status == "ok":
+        try:
+            writer.check_compatible(sid, res.feature_dim, res.feature_dtype)
+        except StoreError as e:
+            shutil.rmtree(o.out / schema.SLIDES_GROUP / slide_key(sid), ignore_errors=True)
+            status, res = "error", e
+        else:
+            writer._set_features(res.feature_dim, res.feature_dtype)  # noqa: SLF001 - store-level attrs
+            if res.encoder and not writer.root.attrs.get("encoder"):
+                writer.root.attrs["encoder"] = res.encoder
+            for w in res.warnings:
+                report.warn(w)
+            report.converted(sid, path=res.path, seconds=round(res.seconds, 3), n_patches=res.n_patches,
+                             n_segments=res.n_segments)
+            return True
+    report.failed(sid, res if isinstance(res, BaseException) else str(res), path=getattr(res, "path", None))
+    if not o.skip_errors:
+        report.warn(f"stopped at the first failure (slide {sid!r}); completed slides are kept -- fix it, or pass "
+                    "--skip-errors to record failures and go on")
+        return False
+    return True
+
+
+def _run(o: ConvertOptions, writer: StoreWriter, pending, report: Report, provider, progress) -> None:
+    total = len(pending)
+    if progress:
+        progress(None, 0, total)
+    done = 0
+    workers = min(o.workers, max(total, 1))
+    if workers > 1 and provider is not None:
+        try:
+            pickle.dumps(provider)
+        except Exception:  # noqa: BLE001
+            report.warn("the segment provider cannot be sent to worker processes: converting with --workers 1")
+            workers = 1
+    if workers <= 1:
+        for sid, job in pending:
+            if isinstance(job, SlideJob):
+                job.expected_dim = writer.root.attrs.get("feature_dim")
+                job.expected_dtype = writer.root.attrs.get("feature_dtype")
+                status, res = run_job_safe(job, provider)
+            else:
+                status, res = "error", job
+            done += 1
+            keep_going = _record(o, writer, report, sid, status, res)
+            if progress:
+                progress(sid, done, total)
+            if not keep_going:
+                return
+        return
+    for sid, job in pending:  # failures known before any work (duplicates)
+        if not isinstance(job, SlideJob):
+            done += 1
+            if not _record(o, writer, report, sid, "error", job):
+                return
+    jobs = [(sid, j) for sid, j in pending if isinstance(j, SlideJob)]
+    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as ex:
+        futs = {ex.submit(run_job_safe, j, provider): sid for sid, j in jobs}
+        stop = False
+        for fut in as_completed(futs):
+            sid = futs[fut]
+            if fut.cancelled():
+                continue
+            try:
+                status, res = fut.result()
+            except Exception as e:  # noqa: BLE001 - worker crashed (e.g. killed for memory)
+                status, res = "error", e
+            done += 1
+            if not stop and not _record(o, writer, report, sid, status, res):
+                stop = True
+                for f in futs:
+                    f.cancel()
+            elif stop and status == "ok":
+                _record(o, writer, report, sid, status, res)
+            if progress:
+                progress(sid, done, total)

@@ -1,0 +1,165 @@
+"""Convert one slide: read + validate inputs, get segments, assign membership, write the slide group.
+
+A :class:`SlideJob` is plain picklable data, so the same :func:`run_job` runs in the parent process or
+in a worker of ``--workers N`` (each worker writes only its own slide group).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from clam2sam import schema
+from clam2sam.checksums import describe_sources_async
+from clam2sam.discover import SlideFiles
+from clam2sam.errors import SegmentsError, StoreError, UsageError
+from clam2sam.masks import MaskSet
+from clam2sam.membership import assign_membership, build_slide_arrays, empty_membership
+from clam2sam.readers_h5 import PATCH_SIZE_FLAG, read_slide_inputs
+from clam2sam.segments_pickle import check_geometry, load_segments_pickle
+from clam2sam.store import write_slide_group
+
+SegmentProvider = Callable[[str, np.ndarray, float, "Path | None"], "MaskSet | None"]
+
+
+@dataclass
+class SlideJob:
+    """Everything needed to convert one slide (picklable)."""
+
+    files: SlideFiles
+    layout: str
+    out: Path
+    membership: str = schema.MEMBERSHIP_PARTITION
+    label: str | None = None
+    case_id: str | None = None
+    mpp: float | None = None                 # from --mpp-csv (wins over the slide)
+    default_mpp: float | None = None         # from --mpp (used when the slide gives none)
+    patch_size_level0: float | None = None
+    legacy_downsample: float | None = None
+    level_downsamples: dict = field(default_factory=dict)  # {level: factor} for this slide (flags)
+    process_list: dict | None = None
+    encoder: str | None = None
+    expect_pt: bool = False
+    checksums: bool = True
+    clevel: int = 3
+    expected_dim: int | None = None
+    expected_dtype: str | None = None
+
+
+@dataclass
+class SlideResult:
+    slide_id: str
+    n_patches: int
+    n_segments: int
+    feature_dim: int
+    feature_dtype: str
+    encoder: str | None
+    seconds: float
+    path: str
+    warnings: list[str] = field(default_factory=list)
+
+
+def slide_properties(path: Path | None) -> dict:
+    """mpp, level downsamples and level-0 size of a slide via OpenSlide (``{}`` when unavailable)."""
+    if path is None:
+        return {}
+    try:
+        import openslide
+
+        with openslide.OpenSlide(str(path)) as s:
+            mpp = s.properties.get(openslide.PROPERTY_NAME_MPP_X)
+            return {"mpp": float(mpp) if mpp else None, "level_downsamples": [float(d) for d in s.level_downsamples],
+                    "dimensions": tuple(int(v) for v in s.dimensions)}
+    except Exception as e:  # noqa: BLE001 - any unreadable slide only loses optional metadata
+        return {"error": f"{type(e).__name__}: {e}"}
+
+
+def _check_store_compat(job: SlideJob, dim: int, dtype) -> None:
+    sid = job.files.slide_id
+    if job.expected_dim is not None and dim != job.expected_dim:
+        raise StoreError(f"feature dim {dim} differs from the store's {job.expected_dim}", slide=sid,
+                         fix="features from different encoders go into different stores (--out)")
+    if job.expected_dtype is not None and str(np.dtype(dtype)) != job.expected_dtype:
+        raise StoreError(f"feature dtype {np.dtype(dtype)} differs from the store's {job.expected_dtype}", slide=sid,
+                         fix="convert slides of one dtype per store (no silent casting)")
+
+
+def run_job(job: SlideJob, segment_provider: SegmentProvider | None = None) -> SlideResult:
+    """Convert and write one slide; raises a Clam2SamError naming slide, file and fix on bad input."""
+    t0 = time.perf_counter()
+    f = job.files
+    sid = f.slide_id
+    roles = [(r, getattr(f, r)) for r in ("features_h5", "features_pt", "patches_h5", "sam_info_h5")
+             if getattr(f, r) is not None]
+    use_pickle = segment_provider is None and f.segments_pkl is not None
+    if use_pickle:
+        roles.append(("segments_pkl", f.segments_pkl))
+    digests = describe_sources_async(roles, checksums=job.checksums)  # overlaps with reading
+    loaded = read_slide_inputs(f, layout=job.layout, patch_size_level0=job.patch_size_level0,
+                               legacy_downsample=job.legacy_downsample, expect_pt=job.expect_pt)
+    warns = list(loaded.warnings)
+    _check_store_compat(job, loaded.features.shape[1], loaded.features.dtype)
+    props = slide_properties(f.slide_path)
+    if props.get("error"):
+        warns.append(f"slide {sid!r}: {f.slide_path}: not readable by OpenSlide ({props['error']}); "
+                     "mpp and level downsamples not taken from it")
+    mpp = job.mpp or props.get("mpp") or job.default_mpp
+
+    def level_ds(level: int) -> float | None:
+        if level in job.level_downsamples:
+            return float(job.level_downsamples[level])
+        lds = props.get("level_downsamples") or []
+        return lds[level] if level < len(lds) else None
+
+    ps = loaded.patch_size_level0
+    maskset = None
+    if segment_provider is not None:
+        maskset = segment_provider(sid, loaded.coords, ps, f.slide_path)
+    elif use_pickle:
+        maskset = load_segments_pickle(f.segments_pkl, sid, level_ds)
+    if maskset is not None:
+        if ps is None:
+            pps = maskset.provenance.get("image_info", {}).get("patch_size")
+            if pps is None:
+                raise UsageError("the patch size at level 0 is unknown (no patches h5 with attrs)", slide=sid,
+                                 path=f.features_h5 or f.features_pt,
+                                 fix=f"pass {PATCH_SIZE_FLAG} PIXELS or --patches-dir")
+            ps = float(pps)
+            warns.append(f"slide {sid!r}: patch size {ps:g} taken from the Segments pickle (assumes patch_level 0); "
+                         f"pass {PATCH_SIZE_FLAG} to override")
+        check_geometry(maskset, loaded.coords, ps, sid, path=f.segments_pkl if use_pickle else None,
+                       slide_dims=props.get("dimensions"))
+        memb = assign_membership(loaded.coords, ps, maskset, job.membership)
+        sam = {"geometry": maskset.geometry.to_dict(), "n_masks": maskset.n_masks, **maskset.provenance}
+        D = maskset.geometry.total_downsample
+    else:
+        memb = empty_membership(loaded.coords.shape[0], job.membership)
+        sam, D = {}, None
+    attrs = {
+        "label": job.label, "case_id": job.case_id, "patch_size_level0": ps, "mpp": mpp, "layout": loaded.layout,
+        "membership": job.membership, "sam": sam, "process_list": job.process_list,
+        "encoder": loaded.encoder or job.encoder, "n_group_rows_dropped": loaded.n_group_rows,
+        "patch_geometry": loaded.patch_info, "slide_path": str(f.slide_path) if f.slide_path else None,
+    }
+    arrays = build_slide_arrays(sid, loaded.features, loaded.coords, memb, total_downsample=D, mpp=mpp, attrs=attrs)
+    arrays.attrs["sources"] = digests.result()
+    arrays.validate()
+    write_slide_group(job.out, arrays, clevel=job.clevel)
+    return SlideResult(slide_id=sid, n_patches=arrays.n_patches, n_segments=arrays.n_segments,
+                       feature_dim=int(loaded.features.shape[1]), feature_dtype=str(loaded.features.dtype),
+                       encoder=attrs["encoder"], seconds=time.perf_counter() - t0,
+                       path=str(f.features_h5 or f.features_pt), warnings=warns)
+
+
+def run_job_safe(job: SlideJob, segment_provider: SegmentProvider | None = None):
+    """Worker entry point: ``("ok", SlideResult)`` or ``("error", exception)`` (never raises)."""
+    try:
+        return "ok", run_job(job, segment_provider)
+    except Exception as e:  # noqa: BLE001 - reported per slide by the parent
+        return "error", e
+
+
+__all__ = ["SlideJob", "SlideResult", "run_job", "run_job_safe", "slide_properties", "SegmentsError"]

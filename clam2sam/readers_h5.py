@@ -1,0 +1,259 @@
+"""Read and validate one slide's features and level-0 coordinates from CLAM / TRIDENT / SAM-MIL files.
+
+Files are opened read-only and each dataset is read in one call. Features keep their source dtype.
+SAM-MIL group rows (coords ``[-1, -1]`` or ``sam_info/<id>.h5`` ``is_group_feat == 1``) are dropped.
+Legacy CLAM coordinates (patch-level frame; an ``imgs`` dataset in the patches h5) are scaled to level 0.
+"""
+from __future__ import annotations
+
+import pickle
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from clam2sam.discover import SlideFiles
+from clam2sam.errors import InputFormatError, LegacyFormatError
+from clam2sam.safe_load import load_pt_array
+
+LEGACY_FLAG = "--legacy-downsample"
+PATCH_SIZE_FLAG = "--patch-size-level0"
+
+
+@dataclass
+class LoadedSlide:
+    """One slide's validated patch rows (group rows removed). N patches, D feature dim."""
+
+    slide_id: str
+    layout: str
+    features: np.ndarray                 # (N, D) source dtype
+    coords: np.ndarray                   # (N, 2) int64 level-0 top-left
+    patch_size_level0: float | None
+    patch_info: dict = field(default_factory=dict)   # geometry provenance (patches h5 attrs, ...)
+    encoder: str | None = None
+    n_group_rows: int = 0
+    warnings: list[str] = field(default_factory=list)
+    sources: list[tuple[str, Path]] = field(default_factory=list)
+
+
+def _attr(v):
+    if isinstance(v, bytes):
+        v = v.decode("utf-8", "replace")
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    if isinstance(v, np.generic):
+        return v.item()
+    return None if v == "None" else v
+
+
+def _open(path: Path, slide: str) -> h5py.File:
+    try:
+        return h5py.File(path, "r")
+    except (OSError, ValueError) as e:
+        raise InputFormatError(f"unreadable or truncated HDF5 file ({e})", slide=slide, path=path,
+                               fix="re-extract this slide, or remove the file (use --skip-errors to go on)") from e
+
+
+def _read(f: h5py.File, name: str, path: Path, slide: str) -> np.ndarray:
+    try:
+        return f[name][()]
+    except (OSError, ValueError, RuntimeError) as e:
+        raise InputFormatError(f"dataset {name!r} cannot be read (truncated or corrupt: {e})", slide=slide,
+                               path=path, fix="re-extract this slide, or remove the file") from e
+
+
+def _peek_pt(path: Path, slide: str) -> np.ndarray:
+    """A .pt's array, memory-mapped when it is a plain tensor (cheap shape + sample checks)."""
+    import torch
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+        if isinstance(obj, torch.Tensor):
+            return obj.numpy()
+    except (pickle.UnpicklingError, RuntimeError, OSError, EOFError, ValueError):
+        pass  # numpy payload (TRIDENT), old format or damaged: the safe loader decides and explains
+    return load_pt_array(path, slide=slide)
+
+
+def _read_patches(path: Path, slide: str) -> tuple[np.ndarray | None, dict, bool, tuple | None]:
+    """Coords, coords attrs, legacy flag, ``imgs`` (shape, attrs) from a CLAM/TRIDENT patches h5."""
+    with _open(path, slide) as f:
+        if "coords" not in f:
+            raise InputFormatError("patches h5 has no 'coords' dataset", slide=slide, path=path,
+                                   fix="pass the folder of create_patches_fp.py's patches/ with --patches-dir")
+        coords = _read(f, "coords", path, slide)
+        attrs = {k: _attr(v) for k, v in f["coords"].attrs.items()}
+        imgs = (f["imgs"].shape, {k: _attr(v) for k, v in f["imgs"].attrs.items()}) if "imgs" in f else None
+    return coords, attrs, imgs is not None, imgs
+
+
+def _patch_size_from_attrs(a: dict) -> float | None:
+    if a.get("patch_size_level0") is not None:
+        return float(a["patch_size_level0"])
+    if a.get("patch_size") is not None and a.get("downsample") is not None:
+        ds = a["downsample"]
+        ds = ds[0] if isinstance(ds, (list, tuple)) else ds
+        return float(a["patch_size"]) * float(ds)
+    if a.get("patch_size") is not None and a.get("patch_level") in (0, None) and "target_magnification" not in a:
+        return float(a["patch_size"])
+    return None
+
+
+def read_slide_inputs(files: SlideFiles, *, layout: str, patch_size_level0: float | None = None,
+                      legacy_downsample: float | None = None, expect_pt: bool = False) -> LoadedSlide:
+    """Read one slide's features + level-0 coords and validate them.
+
+    Args:
+        files: from :func:`clam2sam.discover.discover`.
+        layout: archive layout; ``clam-legacy`` forces patch-level-frame coordinates.
+        patch_size_level0: override (else from the patches h5 / TRIDENT attrs).
+        legacy_downsample: level-0 pixels per patch-level pixel for legacy coordinates.
+        expect_pt: warn when the h5 has no matching .pt (possibly incomplete CLAM extraction).
+
+    Raises:
+        InputFormatError / LegacyFormatError: each naming the slide, the file and the fix.
+    """
+    sid = files.slide_id
+    out = LoadedSlide(slide_id=sid, layout=layout, features=np.zeros((0, 0)), coords=np.zeros((0, 2), np.int64),
+                      patch_size_level0=None)
+    feat_path = files.features_h5 or files.features_pt
+    coords = None
+    coord_attrs: dict = {}
+    if files.features_h5 is not None:
+        out.sources.append(("features_h5", files.features_h5))
+        with _open(files.features_h5, sid) as f:
+            if "features" not in f:
+                raise InputFormatError(f"no 'features' dataset (has {list(f.keys())})", slide=sid,
+                                       path=files.features_h5, fix="pass CLAM's h5_files/ (not patches/) folder")
+            features = _read(f, "features", files.features_h5, sid)
+            out.encoder = _attr(f["features"].attrs.get("encoder"))
+            if "coords" in f:
+                coords = _read(f, "coords", files.features_h5, sid)
+                coord_attrs = {k: _attr(v) for k, v in f["coords"].attrs.items()}
+            if "imgs" in f:
+                out.layout = "clam-legacy"
+        if files.features_pt is not None:
+            out.sources.append(("features_pt", files.features_pt))
+            pt = _peek_pt(files.features_pt, sid)
+            if pt.shape[0] != features.shape[0]:
+                raise InputFormatError(
+                    f".pt has {pt.shape[0]} rows but the h5 has {features.shape[0]}", slide=sid,
+                    path=files.features_pt, fix="one of them is from an interrupted or older extraction: "
+                                                "re-extract the slide, or remove the stale file")
+            rows = sorted({0, features.shape[0] // 2, features.shape[0] - 1}) if features.shape[0] else []
+            if pt.shape[1:] != features.shape[1:] or not np.array_equal(
+                    np.asarray(pt[rows], dtype=np.float64), features[rows].astype(np.float64)):
+                raise InputFormatError(f".pt features differ from the h5 features ({files.features_h5})",
+                                       slide=sid, path=files.features_pt,
+                                       fix="re-extract the slide, or remove the stale file")
+            del pt
+        elif expect_pt:
+            out.warnings.append(f"slide {sid!r}: {files.features_h5}: no matching .pt file: possibly incomplete "
+                                "extraction (CLAM writes the .pt last); converted from the h5")
+    elif files.features_pt is not None:
+        out.sources.append(("features_pt", files.features_pt))
+        features = load_pt_array(files.features_pt, slide=sid)
+    else:
+        raise InputFormatError("no features file", slide=sid, fix="the slide has only patches; extract features")
+
+    if features.ndim != 2 or features.shape[0] == 0:
+        raise InputFormatError(f"empty bag: features have shape {features.shape}", slide=sid, path=feat_path,
+                               fix="the slide has no patches (no tissue found?): drop it from the input, "
+                                   "or use --skip-errors to record it and go on")
+    if features.dtype.kind != "f":
+        raise InputFormatError(f"features dtype {features.dtype} is not floating point", slide=sid,
+                               path=feat_path, fix="pass the encoder's float features")
+
+    # coordinates from the patches file when the features have none (pt-only), + geometry attrs
+    patch_attrs: dict = {}
+    if files.patches_h5 is not None:
+        out.sources.append(("patches_h5", files.patches_h5))
+        pcoords, patch_attrs, legacy, imgs = _read_patches(files.patches_h5, sid)
+        if legacy:
+            out.layout = "clam-legacy"
+            out.patch_info["imgs"] = {"shape": list(imgs[0]), **imgs[1]}
+        if coords is None:
+            coords = pcoords
+        elif pcoords.shape[0] != coords.shape[0]:
+            raise InputFormatError(
+                f"features h5 has {coords.shape[0]} rows, patches h5 has {pcoords.shape[0]}", slide=sid,
+                path=files.features_h5, fix=f"extraction was interrupted or {files.patches_h5} is from another "
+                                            "patching run: re-extract the slide")
+    if coords is None:
+        raise InputFormatError("features have no coordinates and no patches h5 was found", slide=sid, path=feat_path,
+                               fix="pass the folder of create_patches_fp.py's patches/<id>.h5 with --patches-dir")
+    if coords.ndim != 2 or coords.shape[1] != 2:
+        raise InputFormatError(f"coords have shape {coords.shape}, expected (N, 2)", slide=sid, path=feat_path,
+                               fix="re-extract the slide")
+
+    # SAM-MIL group rows
+    group = (coords[:, 0] == -1) & (coords[:, 1] == -1) if coords.shape[0] == features.shape[0] else None
+    if files.sam_info_h5 is not None:
+        out.sources.append(("sam_info_h5", files.sam_info_h5))
+        with _open(files.sam_info_h5, sid) as f:
+            if "is_group_feat" in f:
+                flag = _read(f, "is_group_feat", files.sam_info_h5, sid).astype(bool).reshape(-1)
+                if flag.shape[0] != features.shape[0]:
+                    raise InputFormatError(f"is_group_feat has {flag.shape[0]} rows, features {features.shape[0]}",
+                                           slide=sid, path=files.sam_info_h5,
+                                           fix="sam_info is from another run: rerun 03_extract_sam_info.py")
+                if coords.shape[0] == features.shape[0]:
+                    group = flag | group
+                else:  # pt-only SAM-MIL: patches h5 has no group rows
+                    if coords.shape[0] != int((~flag).sum()):
+                        raise InputFormatError(
+                            f"{int((~flag).sum())} patch rows in the features but {coords.shape[0]} coords",
+                            slide=sid, path=files.sam_info_h5, fix="inputs are from different runs")
+                    group = flag
+                    coords = np.concatenate([coords, np.full((int(flag.sum()), 2), -1, coords.dtype)])
+    if group is not None and group.any():
+        out.n_group_rows = int(group.sum())
+        n_keep = features.shape[0] - out.n_group_rows
+        if group[n_keep:].all():  # appended at the end (SAM-MIL): views, no copy
+            features, coords = features[:n_keep], coords[:n_keep]
+        else:
+            features, coords = features[~group], coords[~group]
+        if features.shape[0] == 0:
+            raise InputFormatError("empty bag: only group-feature rows", slide=sid, path=feat_path,
+                                   fix="drop the slide from the input")
+    if coords.shape[0] != features.shape[0]:
+        hint = (" (SAM-MIL .pt files hold appended group rows: pass its sam_info/ with --sam-info-dir, or use the "
+                "h5 files)" if coords.shape[0] < features.shape[0] else "")
+        raise InputFormatError(f"coords have {coords.shape[0]} rows but features have {features.shape[0]}{hint}",
+                               slide=sid, path=feat_path, fix="re-extract the slide" if not hint else hint.strip(" ()"))
+    bad = ~np.isfinite(features).all(axis=1)
+    if bad.any():
+        rows = np.flatnonzero(bad)
+        raise InputFormatError(f"{rows.size} feature rows hold NaN or inf (first: row {int(rows[0])})", slide=sid,
+                               path=feat_path, fix="re-extract the slide (check the encoder's precision), "
+                                                   "or use --skip-errors to leave it out")
+
+    coords = coords.astype(np.int64, copy=False)
+    ps = _patch_size_from_attrs(patch_attrs) or _patch_size_from_attrs(coord_attrs)
+    if out.layout == "clam-legacy":
+        ds = legacy_downsample
+        imgs_attrs = out.patch_info.get("imgs", {})
+        if ds is None and imgs_attrs.get("downsample") is not None:
+            d = imgs_attrs["downsample"]
+            ds = float(d[0] if isinstance(d, (list, tuple)) else d)
+        if ds is None:
+            raise LegacyFormatError(
+                "legacy CLAM coordinates are in the patch-level frame and the level downsample is unknown",
+                slide=sid, path=files.patches_h5 or feat_path,
+                fix=f"pass {LEGACY_FLAG} FACTOR (level-0 pixels per patch-level pixel, e.g. 4 for level 1 of a "
+                    "40x svs; include any custom_downsample)")
+        coords = np.rint(coords * float(ds)).astype(np.int64)
+        side = imgs_attrs.get("shape", [None, None])[1]
+        ps = float(side) * float(ds) if side else None
+        out.patch_info["legacy_downsample"] = float(ds)
+    if patch_size_level0 is not None:
+        ps = float(patch_size_level0)
+    out.patch_size_level0 = ps
+    out.patch_info.update({k: v for k, v in (patch_attrs or coord_attrs).items()
+                           if k not in ("save_path", "savetodir")})
+    out.features, out.coords = features, coords
+    return out

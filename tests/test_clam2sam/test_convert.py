@@ -1,0 +1,244 @@
+import hashlib
+import json
+
+import h5py
+import numpy as np
+import pytest
+
+from clam2sam import schema
+from clam2sam.convert import ConvertOptions, convert_cohort, parse_level_downsamples
+from clam2sam.errors import UsageError
+from clam2sam.masks import MaskSet, SamGeometry
+from clam2sam.store import open_store
+
+from . import archive_factory as af
+from .archive_factory import REFERENCE
+
+needs_ref = pytest.mark.skipif(not REFERENCE.is_dir(), reason="reference fixtures not present")
+
+
+@needs_ref
+def test_reference_archive_reproduces_sammil(tmp_path):
+    out = tmp_path / "ref.zarr"
+    rep = convert_cohort(ConvertOptions(
+        archive=REFERENCE / "clam", out=out, segments_dir=REFERENCE / "sammil/segments",
+        slides_dir=REFERENCE / "slides", level_downsamples=("ihc_tiled=1:2",), membership="reference"))
+    assert rep.counts() == {"converted": 3, "skipped": 0, "failed": 0} and rep.return_code == 0
+    assert any("he_tiled" in w and "no Segments pickle" in w for w in rep.warnings)
+    r = open_store(out)
+    assert r.attrs["membership"] == "reference" and r.attrs["feature_dim"] == 1024
+    assert r.attrs["feature_dtype"] == "float32" and r.attrs["n_slides"] == 3
+    for sid in ("cmu_small_region", "ihc_tiled"):
+        s = r.read_slide(sid)
+        with h5py.File(REFERENCE / f"sammil/sam_info/{sid}.h5", "r") as f:
+            ra, isg = f["relative_area"][()], f["is_group_feat"][()]
+        np.testing.assert_array_equal(s.patch_sam_area, ra[isg == 0])
+        with h5py.File(REFERENCE / f"sammil/h5_files/{sid}.h5", "r") as f:
+            F, C = f["features"][()], f["coords"][()]
+        np.testing.assert_allclose(s.group_features, F[(C == -1).all(1)], atol=1e-5, rtol=0)
+        np.testing.assert_array_equal(s.features, F[~(C == -1).all(1)])
+        np.testing.assert_array_equal(s.coords, C[~(C == -1).all(1)])
+        with h5py.File(REFERENCE / f"sammil/seg_files/{sid}.h5", "r") as f:
+            segs = sorted((int(f[k].attrs["seg_index"]), f[k][()]) for k in f)
+        assert s.segment_source_index.tolist() == [i for i, _ in segs]
+        for k, (_, mc) in enumerate(segs):
+            np.testing.assert_array_equal(s.coords[s.member_indices[s.member_indptr[k]:s.member_indptr[k + 1]]], mc)
+        assert s.segment_sizes.tolist() == [len(c) for _, c in segs]
+        assert s.attrs["layout"] == "clam-fp" and s.attrs["membership"] == "reference"
+        assert s.attrs["patch_size_level0"] == 128
+    cmu = r.read_slide("cmu_small_region")
+    assert cmu.attrs["mpp"] == pytest.approx(0.499)
+    np.testing.assert_allclose(cmu.segment_areas, cmu.segment_sam_area * 16.0)
+    np.testing.assert_allclose(cmu.segment_areas_um2, cmu.segment_areas * 0.499 ** 2)
+    assert cmu.attrs["sam"]["geometry"]["total_downsample"] == 4 and cmu.attrs["sam"]["n_masks"] == 13
+    assert cmu.attrs["process_list"]["slide_id"] == "cmu_small_region.svs"
+    src = {d["role"]: d for d in cmu.attrs["sources"]}
+    assert set(src) == {"features_h5", "features_pt", "patches_h5", "segments_pkl"}
+    pkl = REFERENCE / "sammil/segments/cmu_small_region.pkl"
+    assert src["segments_pkl"]["sha256"] == hashlib.sha256(pkl.read_bytes()).hexdigest()
+    assert src["segments_pkl"]["size"] == pkl.stat().st_size
+    ihc = r.read_slide("ihc_tiled")
+    assert ihc.attrs["mpp"] is None and np.isnan(ihc.segment_areas_um2).all()
+    assert ihc.segment_areas.tolist() == [845809 * 4.0] and ihc.attrs["sam"]["geometry"]["level_downsample"] == 2.0
+    he = r.read_slide("he_tiled")
+    assert he.n_segments == 0 and (he.segment_ids == -1).all() and (he.patch_sam_area == 1).all()
+    rj = json.loads((out / "convert_report.json").read_text())
+    assert rj["counts"]["converted"] == 3
+
+
+def _cohort(root, n_slides=3, n=40, seed=0):
+    """CLAM archive + Segments pickles (D = 4, patch 64 -> 16 SAM px); masks on a 8x5 grid of patches."""
+    data = af.make_clam(root, {f"s{i}": n for i in range(n_slides)}, seed=seed)
+    for i in range(n_slides):
+        H, W = 8 * 16, 5 * 16
+        masks = [af.rect_mask(H, W, 0, 0, W, H // 2), af.rect_mask(H, W, 0, 0, 16 * (i + 1), 16),
+                 af.rect_mask(H, W, 70, 120, 80, 128)]
+        af.write_segments(root / "segments" / f"s{i}.pkl", af.segments_list(masks, ratio=4, patch_size=64))
+    return data
+
+
+def _arrays(path):
+    r = open_store(path)
+    return {sid: {n: r.read_array(sid, n) for n in schema.ALL_ARRAYS} for sid in r.slide_ids()}
+
+
+def test_partition_convert_and_resume_identical(tmp_path):
+    _cohort(tmp_path / "arch")
+    out = tmp_path / "c.zarr"
+    opts = ConvertOptions(archive=tmp_path / "arch", out=out)
+    rep = convert_cohort(opts)
+    assert rep.counts()["converted"] == 3, rep.to_dict()
+    ref = _arrays(out)
+    s0 = open_store(out).read_slide("s0")
+    assert s0.attrs["membership"] == schema.MEMBERSHIP_PARTITION and s0.n_segments == 3
+    # x-major grid of 8 rows: patches 0..3 (y < 256) lie in mask 0 (top half); patch 0 in mask 1 (smaller);
+    # the last patch (256, 448) has its centre in the small mask 2
+    assert s0.segment_ids[:6].tolist() == [1, 0, 0, 0, -1, -1] and s0.segment_source_index.tolist() == [0, 1, 2]
+    assert s0.segment_ids[-1] == 2 and s0.segment_sizes.tolist() == [19, 1, 1]
+    # interruption: one slide marked incomplete, one slide group gone
+    zj = out / "slides/s1/zarr.json"
+    meta = json.loads(zj.read_text()); meta["attributes"]["complete"] = False; zj.write_text(json.dumps(meta))
+    import shutil
+    shutil.rmtree(out / "slides/s2")
+    rep2 = convert_cohort(opts)
+    assert [(o.slide_id, o.status) for o in rep2.outcomes] == [("s0", "skipped"), ("s1", "converted"),
+                                                                ("s2", "converted")]
+    got = _arrays(out)
+    for sid in ref:
+        for n in schema.ALL_ARRAYS:
+            np.testing.assert_array_equal(got[sid][n], ref[sid][n], err_msg=f"{sid}/{n}")
+    rep3 = convert_cohort(ConvertOptions(archive=tmp_path / "arch", out=out, overwrite=True))
+    assert rep3.counts()["converted"] == 3
+    with pytest.raises(UsageError, match="membership"):
+        convert_cohort(ConvertOptions(archive=tmp_path / "arch", out=out, membership="reference"))
+
+
+def test_workers_match_single_process(tmp_path):
+    _cohort(tmp_path / "arch", n_slides=4)
+    convert_cohort(ConvertOptions(archive=tmp_path / "arch", out=tmp_path / "a.zarr"))
+    seen = []
+    rep = convert_cohort(ConvertOptions(archive=tmp_path / "arch", out=tmp_path / "b.zarr", workers=2),
+                         progress=lambda sid, done, total: seen.append((done, total)))
+    assert rep.counts()["converted"] == 4 and seen[0] == (0, 4) and seen[-1] == (4, 4)
+    a, b = _arrays(tmp_path / "a.zarr"), _arrays(tmp_path / "b.zarr")
+    assert a.keys() == b.keys()
+    for sid in a:
+        for n in schema.ALL_ARRAYS:
+            np.testing.assert_array_equal(a[sid][n], b[sid][n])
+    assert open_store(tmp_path / "b.zarr").attrs["feature_dim"] == 8
+
+
+def _nan_slide(root, sid="s1"):
+    f = af.features(40); f[5, 2] = np.nan
+    af.write_features_h5(root / "h5_files" / f"{sid}.h5", f, af.grid_coords(40))
+    af.write_pt(root / "pt_files" / f"{sid}.pt", f)
+
+
+def test_stop_at_first_failure_then_skip_errors(tmp_path):
+    _cohort(tmp_path / "arch")
+    _nan_slide(tmp_path / "arch")
+    out = tmp_path / "c.zarr"
+    rep = convert_cohort(ConvertOptions(archive=tmp_path / "arch", out=out))
+    assert [(o.slide_id, o.status) for o in rep.outcomes] == [("s0", "converted"), ("s1", "failed")]
+    assert rep.return_code == 1 and "NaN" in rep.outcomes[1].reason and "s1.h5" in rep.outcomes[1].reason
+    assert any("stopped at the first failure" in w for w in rep.warnings)
+    assert open_store(out).slide_ids() == ["s0"]
+    rep = convert_cohort(ConvertOptions(archive=tmp_path / "arch", out=out, skip_errors=True))
+    assert [(o.slide_id, o.status) for o in rep.outcomes] == [("s0", "skipped"), ("s1", "failed"),
+                                                               ("s2", "converted")]
+    data = json.loads((out / "convert_report.json").read_text())
+    assert data["counts"] == {"converted": 1, "skipped": 1, "failed": 1}
+
+
+def test_process_list_dataset_csv_and_mpp(tmp_path):
+    arch = tmp_path / "arch"
+    _cohort(arch)
+    af.write_process_list(arch / "process_list_autogen.csv", ["s0.svs", "s1.ome.tif", "gone.svs"])
+    ds = tmp_path / "ds.csv"
+    ds.write_text("case_id,slide_id,label\np0,s0,tumor\np1,s1.svs,normal\n")
+    mpp = tmp_path / "mpp.csv"
+    mpp.write_text("slide_id,mpp\ns1,0.25\n")
+    rep = convert_cohort(ConvertOptions(archive=arch, out=tmp_path / "c.zarr", dataset_csv=ds, mpp_csv=mpp, mpp=0.5))
+    st = {o.slide_id: o.status for o in rep.outcomes}
+    assert st == {"s0": "converted", "s1": "converted", "s2": "skipped"}
+    assert "not listed" in [o for o in rep.outcomes if o.slide_id == "s2"][0].reason
+    assert any("'gone'" in w and "no features" in w for w in rep.warnings)
+    r = open_store(tmp_path / "c.zarr")
+    a0, a1 = r.slide_attrs("s0"), r.slide_attrs("s1")
+    assert (a0["label"], a0["case_id"], a0["mpp"]) == ("tumor", "p0", 0.5)
+    assert (a1["label"], a1["case_id"], a1["mpp"]) == ("normal", "p1", 0.25)
+    assert a1["process_list"]["slide_id"] == "s1.ome.tif"
+    rep = convert_cohort(ConvertOptions(archive=arch, out=tmp_path / "d.zarr", use_process_list=False,
+                                        slides=("s2",)))
+    assert [o.slide_id for o in rep.by_status("converted")] == ["s2"]
+
+
+def test_segment_provider_hook_and_no_segments(tmp_path):
+    data = af.make_clam(tmp_path / "arch", {"a": 10, "b": 10})
+    calls = []
+
+    def provider(sid, coords, ps, slide_path):
+        calls.append((sid, coords.shape, ps, slide_path))
+        if sid == "b":
+            return None
+        g = SamGeometry(start_x=0, start_y=0, total_downsample=64, width=8, height=8)
+        m = np.zeros((1, 8, 8), bool); m[0, :4, :] = True
+        return MaskSet(masks=m, areas=np.array([32]), bboxes=np.array([[0, 0, 7, 3]]), geometry=g,
+                       provenance={"source": "test"})
+
+    rep = convert_cohort(ConvertOptions(archive=tmp_path / "arch", out=tmp_path / "c.zarr"), segment_provider=provider)
+    assert rep.counts()["converted"] == 2
+    assert calls == [("a", (10, 2), 64.0, None), ("b", (10, 2), 64.0, None)]
+    r = open_store(tmp_path / "c.zarr")
+    a = r.read_slide("a")
+    assert a.attrs["sam"]["source"] == "test" and a.n_segments == 1
+    np.testing.assert_array_equal(a.segment_ids, (data["a"][1][:, 1] + 32 < 256).astype(np.int32) - 1)
+    assert r.read_slide("b").n_segments == 0
+    rep = convert_cohort(ConvertOptions(archive=tmp_path / "arch", out=tmp_path / "d.zarr"))
+    assert any("no segments" in w for w in rep.warnings) and rep.return_code == 0
+
+
+@pytest.mark.parametrize("case", ["duplicate", "evil_pickle", "legacy", "vis_level", "geometry", "dim"])
+def test_error_catalogue_through_convert(tmp_path, case):
+    arch = tmp_path / "arch"
+    _cohort(arch, n_slides=1)
+    marker = tmp_path / "MARKER"
+    if case == "duplicate":
+        af.write_features_h5(arch / "h5_files/s0.svs.h5", af.features(4), af.grid_coords(4))
+        expect = "duplicate slide id"
+    elif case == "evil_pickle":
+        af.write_evil_pickle(arch / "segments/s0.pkl", marker)
+        expect = "allow-list"
+    elif case == "legacy":
+        af.write_patches_h5(arch / "patches/s0.h5", af.grid_coords(40), imgs_attrs={"patch_level": 1})
+        expect = "--legacy-downsample"
+    elif case == "vis_level":
+        seg = af.segments_list([af.rect_mask(16, 16, 0, 0, 8, 8)], vis_level=1, ratio=2)
+        af.write_segments(arch / "segments/s0.pkl", seg)
+        expect = "--level-downsample"
+    elif case == "geometry":
+        af.write_segments(arch / "segments/s0.pkl", af.segments_list([af.rect_mask(8, 8, 0, 0, 4, 4)], start=(9000, 0)))
+        expect = "outside the SAM image"
+    elif case == "dim":
+        af.make_clam(arch, {"s1": 5}, d=4)
+        expect = "feature dim 4 differs"
+    rep = convert_cohort(ConvertOptions(archive=arch, out=tmp_path / "c.zarr", skip_errors=True))
+    failed = rep.by_status("failed")
+    assert len(failed) == 1 and expect in failed[0].reason, rep.to_dict()
+    assert " -- " in failed[0].reason  # every error says what to do
+    assert not marker.exists()
+    if case == "dim":
+        assert open_store(tmp_path / "c.zarr").slide_ids() == ["s0"]
+
+
+def test_sources_untouched_and_parse_level_downsamples(tmp_path):
+    _cohort(tmp_path / "arch")
+    before = af.file_hashes(tmp_path / "arch")
+    convert_cohort(ConvertOptions(archive=tmp_path / "arch", out=tmp_path / "c.zarr", workers=1))
+    assert af.file_hashes(tmp_path / "arch") == before
+    assert parse_level_downsamples(["1:2", "a.svs=2:4,b=1:1.5"]) == ({1: 2.0}, {"a": {2: 4.0}, "b": {1: 1.5}})
+    for bad in ("x", "1:0.5", "a=1"):
+        with pytest.raises(UsageError):
+            parse_level_downsamples([bad])
+    with pytest.raises(UsageError, match="workers"):
+        convert_cohort(ConvertOptions(archive=tmp_path / "arch", out=tmp_path / "z.zarr", workers=0))

@@ -1,0 +1,147 @@
+"""``samtrain fit``: cross-validated training of SAM-MIL or a baseline on a clam2sam store."""
+from __future__ import annotations
+
+import json
+
+import click
+
+from trainer.config import (AREA_UNITS, CON_FORMS, DEFAULT_SIGMOID_A, DEFAULT_SIGMOID_B, GROUP_BY, MASK_MODES,
+                            MONITORS, RATIO_FNS, SCHEDULERS, TrainConfig)
+
+EPILOG = """\b
+Examples:
+  samtrain fit cohort.zarr --out runs/sammil                      # SAM-MIL, 5-fold CV, paper defaults
+  samtrain fit cohort.zarr --out runs/abmil --model abmil         # AB-MIL baseline, same splits (same seed)
+  samtrain fit cohort.zarr --out runs/r3 --repeats 3 --folds 5    # 3 x 5-fold with seeds 2021..2023
+  samtrain fit cohort.zarr --out runs/t3 --mask random            # paper Table 3 ablation
+  samtrain fit cohort.zarr --out runs/t4 --ratio-fn linear        # paper Table 4 ablation
+  samtrain fit cohort.zarr --out runs/ref --reference-sigmoid     # reference area unit and values
+  samtrain fit cohort.zarr --out runs/s --labels labels.csv --splits clam/splits/task_1_100
+\b
+Re-running the same command resumes an interrupted run (finished folds are kept).
+Outputs: config.json, splits.json, fold_*/metrics.csv, fold_*/best.pt, fold_*/last.pt,
+fold_*/predictions.csv, results.json, summary.md.
+"""
+
+
+def _opt_group(f):
+    """All TrainConfig options (decorators applied bottom-up)."""
+    d = TrainConfig()
+    opts = [
+        click.option("--out", "out", required=True, type=click.Path(file_okay=False),
+                     help="Run directory (created; re-run the same command to resume)."),
+        click.option("--labels", type=click.Path(dir_okay=False),
+                     help="CSV slide_id,label[,case_id] (header optional). Default: the store's slide labels."),
+        click.option("--classes", help="Comma-separated class order; binary: the second is positive. "
+                                       "Default: sorted labels."),
+        # model
+        click.option("--model", default=d.model, show_default=True, help="Model from the registry "
+                     "(`samtrain fit --list-models`)."),
+        click.option("--backbone", default=d.backbone, show_default=True, help="MIL network SAM-MIL trains."),
+        click.option("--group-features/--no-group-features", default=None,
+                     help="Append one group-feature token per segment. Default: on for sam-mil, off otherwise."),
+        click.option("--hidden-dim", default=d.hidden_dim, show_default=True, type=int),
+        click.option("--attn-dim", default=d.attn_dim, show_default=True, type=int),
+        click.option("--dropout", default=d.dropout, show_default=True, type=float),
+        # SG2M
+        click.option("--mask", type=click.Choice(MASK_MODES), default=d.mask, show_default=True,
+                     help="Instance masking (paper Table 3): none | random (all tokens) | non-group | sam (SG2M)."),
+        click.option("--ratio-fn", type=click.Choice(RATIO_FNS), default=d.ratio_fn, show_default=True,
+                     help="Per-group ratio function for --mask sam (paper Table 4)."),
+        click.option("--mask-ratio", "mask_ratio", default=d.mask_ratio, show_default=True, type=float,
+                     help="MR_target in [0, 1)."),
+        click.option("--area-unit", type=click.Choice(AREA_UNITS), default=d.area_unit, show_default=True,
+                     help="Group area A_k: share of the slide's patches, or SAM-image pixels (reference)."),
+        click.option("--sigmoid-a", type=float, default=None,
+                     help=f"Slope a of R = sigmoid(a*A + b). Default {DEFAULT_SIGMOID_A}."),
+        click.option("--sigmoid-b", type=float, default=d.sigmoid_b, show_default=True, help="Shift b."),
+        click.option("--group-by", type=click.Choice(GROUP_BY), default=d.group_by, show_default=True,
+                     help="segment, or sam-area (reference: patches with equal relative_area)."),
+        click.option("--reference-sigmoid", is_flag=True,
+                     help="Reference mode: --area-unit sam-pixels --group-by sam-area --sigmoid-a 5e-4 "
+                          f"--sigmoid-b {DEFAULT_SIGMOID_B} --mask-ratio 0.9."),
+        # bag level
+        click.option("--pseudo-bags", "pseudo_bags", default=d.pseudo_bags, show_default=True, type=int,
+                     help="m: pseudo-bags cut from the masked bag."),
+        click.option("--alpha", default=d.alpha, show_default=True, type=float, help="Pseudo-bag loss weight."),
+        click.option("--beta", default=d.beta, show_default=True, type=float, help="Consistency loss weight."),
+        click.option("--con-form", type=click.Choice(CON_FORMS), default=d.con_form, show_default=True,
+                     help="variance: sum over segments of Var(T*attention) (appendix F); reference-l2: the "
+                          "reference code's formula."),
+        click.option("--con-unassigned/--no-con-unassigned", default=d.con_unassigned, show_default=True,
+                     help="Also pull together the attention of patches in no segment."),
+        # protocol
+        click.option("--folds", default=d.folds, show_default=True, type=int),
+        click.option("--repeats", default=d.repeats, show_default=True, type=int,
+                     help="Repeat the K-fold with seeds seed, seed+1, ..."),
+        click.option("--val-frac", default=d.val_frac, show_default=True, type=float,
+                     help="Share of each training part used for validation (selection, stopping, threshold)."),
+        click.option("--splits", "splits_dir", type=click.Path(file_okay=False, exists=True),
+                     help="Reuse CLAM splits_<k>.csv files instead of the built-in CV."),
+        click.option("--seed", default=d.seed, show_default=True, type=int),
+        # optimisation
+        click.option("--lr", default=d.lr, show_default=True, type=float),
+        click.option("--weight-decay", default=d.weight_decay, show_default=True, type=float),
+        click.option("--scheduler", type=click.Choice(SCHEDULERS), default=d.scheduler, show_default=True),
+        click.option("--max-epochs", default=d.max_epochs, show_default=True, type=int),
+        click.option("--batch-size", default=d.batch_size, show_default=True, type=int,
+                     help="Bags per optimiser step (gradient accumulation; one bag per forward)."),
+        click.option("--patience", default=d.patience, show_default=True, type=int,
+                     help="Early stopping: epochs without a better validation score."),
+        click.option("--min-epochs", default=d.min_epochs, show_default=True, type=int,
+                     help="Never stop before this many epochs."),
+        click.option("--monitor", type=click.Choice(MONITORS), default=d.monitor, show_default=True,
+                     help="Validation score for selection: AUC (ties: lower loss) or loss."),
+        # runtime
+        click.option("--num-workers", default=d.num_workers, show_default=True, type=int,
+                     help="DataLoader worker processes (fork)."),
+        click.option("--cache/--no-cache", default=d.cache, show_default=True,
+                     help="Keep bags in RAM after their first read."),
+        click.option("--device", default=d.device, show_default=True, help="auto | cpu | cuda[:i]"),
+        click.option("--resume/--no-resume", default=d.resume, show_default=True),
+        click.option("--overwrite", is_flag=True, help="Delete an existing run in --out first."),
+        click.option("-q", "--quiet", is_flag=True, help="No progress bars."),
+        click.option("--json", "as_json", is_flag=True, help="Print results.json to stdout."),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def _list_models(ctx, _param, value):
+    if value:
+        from trainer.models import list_models
+
+        click.echo("\n".join(list_models()))
+        ctx.exit(0)
+
+
+@click.command("fit", epilog=EPILOG, context_settings={"max_content_width": 100})
+@click.argument("store", type=click.Path(exists=True, file_okay=False))
+@_opt_group
+@click.option("--list-models", is_flag=True, is_eager=True, expose_value=False, callback=_list_models,
+              help="List registered models and exit.")
+def fit(store, as_json, reference_sigmoid, classes, **kw):
+    """Train and evaluate a MIL model on STORE with stratified, case-grouped cross-validation.
+
+    Model selection, early stopping and the decision threshold use a validation split carved from each
+    training part; test folds are only scored. Prints a summary table (stderr) and writes RUN/results.json.
+    """
+    from rich.console import Console
+
+    from trainer.report import summary_table
+    from trainer.run import run_fit
+
+    if reference_sigmoid:
+        kw.update(area_unit="sam-pixels", group_by="sam-area", sigmoid_a=DEFAULT_SIGMOID_A["sam-pixels"],
+                  sigmoid_b=DEFAULT_SIGMOID_B, mask_ratio=0.9)
+    cfg = TrainConfig(store=store, classes=[c.strip() for c in classes.split(",")] if classes else None, **kw)
+    console = Console(stderr=True)
+    results = run_fit(cfg, console=console)
+    console.print(summary_table(results), markup=False, highlight=False)
+    console.print(f"results: {cfg.out}/results.json", markup=False, highlight=False)
+    if as_json:
+        click.echo(json.dumps(results, indent=2))
+
+
+commands = [fit]

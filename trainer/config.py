@@ -1,0 +1,152 @@
+"""One flat dataclass holding every knob of a ``samtrain fit`` run (saved as ``config.json``).
+
+Defaults follow the SAM-MIL paper and its reference command where those are known; the few choices
+the paper leaves open (area unit, consistency-loss scale, validation split) are documented in
+``docs/trainer.md`` and next to the field.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from clam2sam.errors import UsageError
+
+MASK_MODES = ("none", "random", "non-group", "sam")          # paper Table 3
+RATIO_FNS = ("constant", "linear", "sigmoid")                 # paper Table 4
+AREA_UNITS = ("patch-fraction", "sam-pixels")
+GROUP_BY = ("segment", "sam-area")
+CON_FORMS = ("variance", "reference-l2")
+MONITORS = ("auc", "loss")
+SCHEDULERS = ("cosine", "none")
+
+# Default sigmoid slope per area unit (paper eq. 7: R = sigmoid(a * A + b)). Both give R(0) = sigmoid(-2.5)
+# = 0.076: "patch-fraction" centres the curve at 1 % of the slide's patches; "sam-pixels" is the
+# reference code's k = 5e-4, A0 = 5000 (b = -k * A0).
+DEFAULT_SIGMOID_A = {"patch-fraction": 250.0, "sam-pixels": 5e-4}
+DEFAULT_SIGMOID_B = -2.5
+
+# Fields that may change between an interrupted run and its resumption without invalidating it.
+RESUME_FREE_FIELDS = ("num_workers", "cache", "device", "quiet", "resume", "overwrite", "out", "store")
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a run. ``None`` fields are resolved by :meth:`resolve`."""
+
+    store: str = ""
+    out: str = ""
+    labels: str | None = None            # CSV slide_id,label[,case_id]; default: store slide attrs
+    classes: list[str] | None = None     # class order (binary: second = positive); default sorted labels
+    # model
+    model: str = "sam-mil"
+    backbone: str = "abmil"              # used by sam-mil: the MIL network it trains
+    group_features: bool | None = None   # append segment group-feature tokens; default: on for sam-mil only
+    hidden_dim: int = 512
+    attn_dim: int = 128
+    dropout: float = 0.25
+    # SG2M (instance level)
+    mask: str = "sam"
+    ratio_fn: str = "sigmoid"
+    mask_ratio: float = 0.9              # MR_target
+    area_unit: str = "patch-fraction"
+    sigmoid_a: float | None = None       # default per unit (DEFAULT_SIGMOID_A)
+    sigmoid_b: float = DEFAULT_SIGMOID_B
+    group_by: str = "segment"            # "sam-area": the reference's grouping by equal relative_area
+    # bag level
+    pseudo_bags: int = 5                 # m
+    alpha: float = 0.5                   # pseudo-bag CE weight
+    beta: float = 0.1                    # consistency weight
+    con_form: str = "variance"
+    con_unassigned: bool = False         # also make unassigned patches' attention uniform
+    # protocol
+    folds: int = 5
+    repeats: int = 1
+    val_frac: float = 0.2                # of each training part
+    splits_dir: str | None = None
+    seed: int = 2021
+    # optimisation
+    lr: float = 2e-4
+    weight_decay: float = 1e-5
+    scheduler: str = "cosine"
+    max_epochs: int = 200
+    batch_size: int = 1                  # bags per optimiser step (gradient accumulation)
+    patience: int = 20
+    min_epochs: int = 0
+    monitor: str = "auc"
+    # runtime
+    num_workers: int = 0
+    cache: bool = False
+    device: str = "auto"
+    quiet: bool = False
+    resume: bool = True
+    overwrite: bool = False
+    extra: dict = field(default_factory=dict)
+
+    # ------------------------------------------------------------------ resolution / validation
+    def resolve(self) -> "TrainConfig":
+        """Return a copy with model-dependent defaults filled in, after validation."""
+        c = dataclasses.replace(self)
+        if c.group_features is None:
+            c.group_features = c.model == "sam-mil"
+        if c.sigmoid_a is None:
+            c.sigmoid_a = DEFAULT_SIGMOID_A[c.area_unit] if c.area_unit in DEFAULT_SIGMOID_A else 1.0
+        c.validate()
+        return c
+
+    def validate(self) -> None:
+        """Raise UsageError (exit code 2) for impossible values."""
+        def bad(msg, fix=None):
+            raise UsageError(msg, fix=fix)
+
+        for name, allowed in (("mask", MASK_MODES), ("ratio_fn", RATIO_FNS), ("area_unit", AREA_UNITS),
+                              ("group_by", GROUP_BY), ("con_form", CON_FORMS), ("monitor", MONITORS),
+                              ("scheduler", SCHEDULERS)):
+            if getattr(self, name) not in allowed:
+                bad(f"--{name.replace('_', '-')} {getattr(self, name)!r} is not one of {', '.join(allowed)}")
+        from trainer.models import list_models
+
+        for name in (self.model, self.backbone):
+            if name not in list_models():
+                bad(f"unknown model {name!r}", fix=f"choose one of: {', '.join(list_models())}")
+        if self.backbone == "sam-mil":
+            bad("--backbone cannot be sam-mil", fix="use a plain MIL model such as abmil")
+        if not 0.0 <= self.mask_ratio < 1.0:
+            bad(f"--mask-ratio {self.mask_ratio} must be in [0, 1)")
+        if self.pseudo_bags < 1:
+            bad("--pseudo-bags must be >= 1")
+        if self.alpha < 0 or self.beta < 0:
+            bad("--alpha and --beta must be >= 0")
+        if self.splits_dir is None and self.folds < 2:
+            bad("--folds must be >= 2")
+        if self.repeats < 1 or self.max_epochs < 1 or self.batch_size < 1 or self.patience < 1:
+            bad("--repeats, --max-epochs, --batch-size and --patience must be >= 1")
+        if not 0.0 < self.val_frac < 1.0:
+            bad(f"--val-frac {self.val_frac} must be in (0, 1): the protocol needs a validation split",
+                fix="model selection and the threshold are taken on validation, never on test")
+        if not 0.0 <= self.dropout < 1.0:
+            bad("--dropout must be in [0, 1)")
+        if self.lr <= 0:
+            bad("--lr must be > 0")
+
+    # ------------------------------------------------------------------ io
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    @classmethod
+    def load(cls, path: str | Path) -> "TrainConfig":
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+    def differences(self, other: "TrainConfig") -> list[str]:
+        """Fields (outside RESUME_FREE_FIELDS) whose values differ."""
+        a, b = self.to_dict(), other.to_dict()
+        return [k for k in a if k not in RESUME_FREE_FIELDS and a[k] != b.get(k)]

@@ -1,0 +1,6 @@
+"""MIL models. Each module registers its class with ``@register_model``; import it below (one line)."""
+from trainer.models.registry import build_model, list_models, register_model  # noqa: F401
+from trainer.models.base import MILModel  # noqa: F401
+
+from trainer.models import abmil  # noqa: F401,E402
+from trainer.models import sam_mil  # noqa: F401,E402

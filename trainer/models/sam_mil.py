@@ -1,0 +1,85 @@
+"""SAM-MIL (paper 3.2-3.5, Algorithm 1) around a plain MIL backbone (default AB-MIL).
+
+One training step on a bag of T tokens (N patches + S group tokens)::
+
+    h = backbone.embed(x)                 (T, E)  embedded ONCE (one dropout sample) and reused below
+    c = backbone.instance_cache(h)        (T,)    AB-MIL: attention logits, also computed once
+    keep = SG2M(bag)                      (K,)    kept token ids (group tokens never masked)
+    L_cls = CE(head(h[keep]), y)                  masked bag
+    L_p   = mean_i CE(head(h[keep[P_i]]), y)      m pseudo-bags: random partition of the masked bag
+    L_con = consistency(softmax attention of the full bag, segment of each patch)
+    loss  = L_cls + alpha * L_p + beta * L_con    (eq. 13; every term back-propagates into the model)
+
+Evaluation (``forward``) is the backbone on the full, unmasked bag with group tokens.
+Differences from the reference code (see docs/trainer.md): the masked-bag CE is used (the reference
+discards it), L_con acts on the trained model (the reference computes it on a frozen copy), group tokens
+are really exempt from masking, and the pseudo-bags are cut from the masked bag (Algorithm 1).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from trainer.losses import consistency_loss
+from trainer.masking import SG2M
+from trainer.models.base import MILModel
+from trainer.models.registry import build_model, register_model
+from trainer.pseudo_bags import pseudo_bag_indices
+
+
+@register_model("sam-mil")
+class SAMMIL(MILModel):
+    def __init__(self, in_dim: int, n_classes: int, cfg):
+        super().__init__(in_dim, n_classes, cfg)
+        self.backbone = build_model(cfg.backbone, in_dim, n_classes, cfg)
+        self.sg2m = SG2M(cfg.mask, cfg.mask_ratio, cfg.ratio_fn, cfg.sigmoid_a, cfg.sigmoid_b, cfg.area_unit,
+                         cfg.group_by)
+        self.m, self.alpha, self.beta = cfg.pseudo_bags, cfg.alpha, cfg.beta
+        self.con_form, self.con_unassigned = cfg.con_form, cfg.con_unassigned
+
+    def embed(self, x):
+        return self.backbone.embed(x)
+
+    def instance_cache(self, h):
+        return self.backbone.instance_cache(h)
+
+    def head(self, h, cache=None):
+        return self.backbone.head(h, cache)
+
+    @staticmethod
+    def _take(c, idx):
+        return None if c is None else c[idx]
+
+    def token_groups(self, bag, groups) -> torch.Tensor:
+        """``(T,)`` consistency group per token: segment group for patches, -1 for excluded tokens."""
+        g = groups.group_of_patch.clone()
+        if not self.con_unassigned:
+            g[~groups.is_segment[g]] = -1
+        return torch.cat([g, g.new_full((self.n_group_tokens(bag),), -1)])
+
+    def loss_dict(self, bag) -> dict:
+        y = bag.label.view(1)
+        x = self.tokens(bag)                                   # (T, D)
+        h = self.embed(x)                                      # (T, E)
+        c = self.instance_cache(h)                             # (T,) or None
+        groups = self.sg2m.groups(bag)
+        keep = self.sg2m(bag, self.n_group_tokens(bag), groups)   # (K,)
+
+        masked = self.head(h[keep], self._take(c, keep))
+        l_cls = F.cross_entropy(masked["logits"], y)
+        loss = l_cls
+        out = {"ce": l_cls.detach(), "logits": masked["logits"].detach(), "n_kept": int(keep.numel())}
+
+        if self.alpha > 0 and self.m > 1:
+            parts = pseudo_bag_indices(keep.numel(), self.m, device=keep.device)
+            l_p = torch.stack([F.cross_entropy(self.head(h[keep[p]], self._take(c, keep[p]))["logits"], y)
+                               for p in parts]).mean()
+            loss = loss + self.alpha * l_p
+            out["pb"] = l_p.detach()
+        if self.beta > 0:
+            att = self.head(h, c)["scores"]                    # (T,) full-bag attention
+            l_con = consistency_loss(att, self.token_groups(bag, groups), self.con_form, groups.n_groups)
+            loss = loss + self.beta * l_con
+            out["con"] = l_con.detach()
+        out["loss"] = loss
+        return out
