@@ -215,7 +215,7 @@ def _record(o, writer: StoreWriter, report: Report, sid: str, status: str, res) 
             shutil.rmtree(o.out / schema.SLIDES_GROUP / slide_key(sid), ignore_errors=True)
             status, res = "error", e
         else:
-            writer._set_features(res.feature_dim, res.feature_dtype)  # noqa: SLF001 - store-level attrs
+            writer.record_features(res.feature_dim, res.feature_dtype)
             if res.encoder and not writer.root.attrs.get("encoder"):
                 writer.root.attrs["encoder"] = res.encoder
             for w in res.warnings:

@@ -15,7 +15,7 @@ import numpy as np
 from clam2sam import schema
 from clam2sam.checksums import describe_sources_async
 from clam2sam.discover import SlideFiles
-from clam2sam.errors import SegmentsError, StoreError, UsageError
+from clam2sam.errors import StoreError, UsageError
 from clam2sam.masks import MaskSet
 from clam2sam.membership import assign_membership, build_slide_arrays, empty_membership
 from clam2sam.readers_h5 import PATCH_SIZE_FLAG, read_slide_inputs
@@ -160,6 +160,3 @@ def run_job_safe(job: SlideJob, segment_provider: SegmentProvider | None = None)
         return "ok", run_job(job, segment_provider)
     except Exception as e:  # noqa: BLE001 - reported per slide by the parent
         return "error", e
-
-
-__all__ = ["SlideJob", "SlideResult", "run_job", "run_job_safe", "slide_properties", "SegmentsError"]

@@ -19,6 +19,7 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import types
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +42,9 @@ class _Numpy1Pickler(pickle._Pickler):  # noqa: SLF001 - the pure-Python pickler
         self.save(name)
         self.write(pickle.STACK_GLOBAL)
         self.memoize(obj)
+
+    # the base class dispatches Python functions (numpy's _frombuffer) straight to its own save_global
+    dispatch = {**pickle._Pickler.dispatch, types.FunctionType: save_global}  # noqa: SLF001
 
 
 def write_segments_pickle(path: str | os.PathLike, image_info: dict, records) -> int:

@@ -82,7 +82,7 @@ class PlotResult:
 
 
 def render_segment_raster(coords: np.ndarray, segment_ids: np.ndarray, patch_size: float, *,
-                          max_px: int = 2000) -> tuple[np.ndarray, tuple[float, float, float, float]]:
+                          max_px: int = 1600) -> tuple[np.ndarray, tuple[float, float, float, float]]:
     """Paint each patch with its segment colour into an RGBA raster (transparent background).
 
     Args:
@@ -92,20 +92,21 @@ def render_segment_raster(coords: np.ndarray, segment_ids: np.ndarray, patch_siz
         max_px: longest raster side.
 
     Returns:
-        ``(H, W, 4)`` float32 RGBA and its level-0 extent ``(x0, x1, y0, y1)``.
+        ``(H, W, 4)`` uint8 RGBA and its level-0 extent ``(x0, x1, y0, y1)``.
     """
     coords = np.asarray(coords, dtype=np.float64).reshape(-1, 2)
     x0, y0 = coords.min(0)
     x1, y1 = coords.max(0) + patch_size
     scale = max(1.0, max(x1 - x0, y1 - y0) / max_px)  # level-0 px per raster px
     W, H = int(math.ceil((x1 - x0) / scale)), int(math.ceil((y1 - y0) / scale))
-    img = np.zeros((H, W, 4), np.float32)
+    img = np.zeros((H, W, 4), np.uint8)
     c0 = np.floor((coords[:, 0] - x0) / scale).astype(int)
     r0 = np.floor((coords[:, 1] - y0) / scale).astype(int)
     c1 = np.maximum(c0 + 1, np.ceil((coords[:, 0] + patch_size - x0) / scale).astype(int))
     r1 = np.maximum(r0 + 1, np.ceil((coords[:, 1] + patch_size - y0) / scale).astype(int))
     rgba = np.concatenate([PALETTE[np.maximum(segment_ids, 0) % len(PALETTE)], np.ones((len(coords), 1))], 1)
     rgba[segment_ids < 0, :3] = UNASSIGNED
+    rgba = np.round(rgba * 255).astype(np.uint8)
     for i in np.argsort(segment_ids >= 0, kind="stable"):  # unassigned first, segments on top
         img[r0[i]:r1[i], c0[i]:c1[i]] = rgba[i]
     return img, (float(x0), float(x0 + W * scale), float(y0), float(y0 + H * scale))
@@ -146,7 +147,7 @@ def plot_slide(path: str | os.PathLike, slide_id: str, coords: np.ndarray, segme
     if thumbnail is not None:
         W0, H0 = thumbnail[1]
         view = (min(0.0, ext[0]), max(float(W0), ext[1]), min(0.0, ext[2]), max(float(H0), ext[3]))
-        img[..., 3] *= 0.5  # see the tissue through the segments
+        img[..., 3] //= 2  # see the tissue through the segments
     top = np.argsort(-np.asarray(segment_sizes), kind="stable")[:LEGEND_SEGMENTS]
     legend_rows = len(top) + 3
     fig_w, fig_h, ax_w, ax_h = _layout(view, legend_rows)
@@ -177,6 +178,7 @@ def plot_slide(path: str | os.PathLike, slide_id: str, coords: np.ndarray, segme
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=DPI)
+    fig.clear()  # free the renderer now, not at the next garbage collection
     return SlidePicture(path, fig_w, fig_h, (left, MARGIN["top"], ax_w, ax_h), view)
 
 
@@ -223,6 +225,7 @@ def plot_cohort(path: str | os.PathLike, *, sizes, areas_px, areas_um2, coverage
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=DPI)
+    fig.clear()
     return path
 
 

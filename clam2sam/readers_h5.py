@@ -79,13 +79,17 @@ def _peek_pt(path: Path, slide: str) -> np.ndarray:
     return load_pt_array(path, slide=slide)
 
 
-def _read_patches(path: Path, slide: str) -> tuple[np.ndarray | None, dict, bool, tuple | None]:
-    """Coords, coords attrs, legacy flag, ``imgs`` (shape, attrs) from a CLAM/TRIDENT patches h5."""
+def _read_patches(path: Path, slide: str, need_coords: bool
+                  ) -> tuple[np.ndarray | int, dict, bool, tuple | None]:
+    """Coords (or only their row count), coords attrs, legacy flag, ``imgs`` (shape, attrs) of a patches h5.
+
+    CLAM writes these coords in (1, 2) chunks, so they are read only when the features lack coords.
+    """
     with _open(path, slide) as f:
         if "coords" not in f:
             raise InputFormatError("patches h5 has no 'coords' dataset", slide=slide, path=path,
                                    fix="pass the folder of create_patches_fp.py's patches/ with --patches-dir")
-        coords = _read(f, "coords", path, slide)
+        coords = _read(f, "coords", path, slide) if need_coords else int(f["coords"].shape[0])
         attrs = {k: _attr(v) for k, v in f["coords"].attrs.items()}
         imgs = (f["imgs"].shape, {k: _attr(v) for k, v in f["imgs"].attrs.items()}) if "imgs" in f else None
     return coords, attrs, imgs is not None, imgs
@@ -170,19 +174,17 @@ def read_slide_inputs(files: SlideFiles, *, layout: str, patch_size_level0: floa
 
     # coordinates from the patches file when the features have none (pt-only), + geometry attrs
     patch_attrs: dict = {}
+    patches_rows = None
     if files.patches_h5 is not None:
         out.sources.append(("patches_h5", files.patches_h5))
-        pcoords, patch_attrs, legacy, imgs = _read_patches(files.patches_h5, sid)
+        pcoords, patch_attrs, legacy, imgs = _read_patches(files.patches_h5, sid, need_coords=coords is None)
         if legacy:
             out.layout = "clam-legacy"
             out.patch_info["imgs"] = {"shape": list(imgs[0]), **imgs[1]}
         if coords is None:
             coords = pcoords
-        elif pcoords.shape[0] != coords.shape[0]:
-            raise InputFormatError(
-                f"features h5 has {coords.shape[0]} rows, patches h5 has {pcoords.shape[0]}", slide=sid,
-                path=files.features_h5, fix=f"extraction was interrupted or {files.patches_h5} is from another "
-                                            "patching run: re-extract the slide")
+        else:
+            patches_rows = pcoords
     if coords is None:
         raise InputFormatError("features have no coordinates and no patches h5 was found", slide=sid, path=feat_path,
                                fix="pass the folder of create_patches_fp.py's patches/<id>.h5 with --patches-dir")
@@ -225,6 +227,11 @@ def read_slide_inputs(files: SlideFiles, *, layout: str, patch_size_level0: floa
                 "h5 files)" if coords.shape[0] < features.shape[0] else "")
         raise InputFormatError(f"coords have {coords.shape[0]} rows but features have {features.shape[0]}{hint}",
                                slide=sid, path=feat_path, fix="re-extract the slide" if not hint else hint.strip(" ()"))
+    if patches_rows is not None and patches_rows != features.shape[0]:
+        raise InputFormatError(
+            f"features h5 has {features.shape[0]} patch rows, patches h5 has {patches_rows}", slide=sid,
+            path=files.features_h5, fix=f"extraction was interrupted or {files.patches_h5} is from another "
+                                        "patching run: re-extract the slide")
     bad = ~np.isfinite(features).all(axis=1)
     if bad.any():
         rows = np.flatnonzero(bad)

@@ -93,12 +93,13 @@ def load_pt_array(path: str | Path, *, slide: str | None = None) -> np.ndarray:
     import torch
 
     path = str(path)
-    safe = [np.core.multiarray._reconstruct, np.ndarray, np.dtype] if hasattr(np, "core") else []
+    safe = [np.ndarray, np.dtype]
     try:
         from numpy._core.multiarray import _reconstruct as _rc2  # numpy 2
-        safe.append(_rc2)
-    except ImportError:  # pragma: no cover
-        pass
+    except ImportError:  # pragma: no cover - numpy 1
+        from numpy.core.multiarray import _reconstruct as _rc2
+    safe.append(_rc2)
+    safe.append((_rc2, "numpy.core.multiarray._reconstruct"))  # written under numpy 1
     for dt in (np.float16, np.float32, np.float64):
         safe.append(type(np.dtype(dt)))
     try:

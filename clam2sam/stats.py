@@ -94,11 +94,19 @@ def _covered(indptr: np.ndarray, indices: np.ndarray, n: int) -> tuple[int, int]
     return int((counts > 0).sum()), int((counts > 1).sum())
 
 
+def _read(g, slide_id: str, name: str, reader: StoreReader) -> np.ndarray:
+    """One array of an open slide group (one group open per slide, not per array)."""
+    try:
+        return g[name][...]
+    except Exception:  # noqa: BLE001 - let the reader phrase the error (missing / unreadable)
+        return reader.read_array(slide_id, name)
+
+
 def _read_core(reader: StoreReader, slide_id: str) -> dict:
     """Everything the statistics need for one slide (small arrays only)."""
     g = reader.group(slide_id)
     feats = g["features"]
-    data = {name: reader.read_array(slide_id, name) for name in _SLIDE_ARRAYS}
+    data = {name: _read(g, slide_id, name, reader) for name in _SLIDE_ARRAYS}
     data["n_patches"] = int(feats.shape[0])
     data["feature_dim"] = int(feats.shape[1]) if len(feats.shape) > 1 else None
     data["feature_dtype"] = str(feats.dtype)

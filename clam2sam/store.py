@@ -37,8 +37,17 @@ LOCK_NAME = ".clam2sam.lock"
 CHUNK_BYTES = 4 << 20  # ~4 MiB uncompressed per chunk
 
 
-def _compressor(clevel: int = 3) -> BloscCodec:
-    return BloscCodec(cname="zstd", clevel=clevel, shuffle=BloscShuffle.shuffle)
+CODECS = ("zstd", "lz4", "none")
+DEFAULT_CODEC = "zstd"
+
+
+def _compressor(codec: str = DEFAULT_CODEC, clevel: int = 3) -> tuple:
+    """Blosc codec tuple for ``compressors=`` (``()`` = uncompressed)."""
+    if codec == "none":
+        return ()
+    if codec not in CODECS:
+        raise UsageError(f"unknown codec {codec!r}; choose one of {', '.join(CODECS)}")
+    return (BloscCodec(cname=codec, clevel=clevel, shuffle=BloscShuffle.shuffle),)
 
 
 def chunk_rows(row_bytes: int) -> int:
@@ -218,17 +227,20 @@ class StoreWriter:
         overwrite: delete an existing store first.
         lock: take the store's write lock (workers writing single slides for a client pass False).
         break_stale_lock: clear a lock left by a dead process.
-        clevel: zstd level.
+        codec: Blosc inner codec: "zstd" (default), "lz4" (faster, larger) or "none".
+        clevel: compression level.
     """
 
     def __init__(self, path: str | os.PathLike, *, feature_dim: int | None = None,
                  feature_dtype: str | None = None, encoder: str | None = None,
                  membership: str = schema.MEMBERSHIP_PARTITION, overwrite: bool = False, lock: bool = True,
-                 break_stale_lock: bool = False, clevel: int = 3):
+                 break_stale_lock: bool = False, clevel: int = 3, codec: str = DEFAULT_CODEC):
         from clam2sam import __version__
 
         self.path = Path(path)
         self.clevel = clevel
+        self.codec = codec
+        _compressor(codec, clevel)  # validate early
         self._lock_path: Path | None = None
         if overwrite and self.path.exists():
             if lock:
@@ -260,7 +272,8 @@ class StoreWriter:
                 self.root.attrs.update({
                     "schema_version": schema.SCHEMA_VERSION, "tool": "clam2sam", "tool_version": __version__,
                     "feature_dim": None, "feature_dtype": None, "encoder": encoder, "membership": membership,
-                    "created": _dt.datetime.now(_dt.timezone.utc).isoformat(), "n_slides": 0})
+                    "created": _dt.datetime.now(_dt.timezone.utc).isoformat(), "n_slides": 0,
+                    "codec": codec, "clevel": clevel})
             if feature_dim is not None or feature_dtype is not None:
                 self._set_features(feature_dim, feature_dtype)
             if encoder and not self.root.attrs.get("encoder"):
@@ -270,6 +283,10 @@ class StoreWriter:
             raise
 
     # -- state
+    def record_features(self, dim: int, dtype) -> None:
+        """Fix the store's feature dim/dtype (first call wins; used when workers write slides)."""
+        self._set_features(dim, dtype)
+
     def _set_features(self, dim, dtype) -> None:
         a = self.root.attrs
         cur_dim, cur_dtype = a.get("feature_dim"), a.get("feature_dtype")
@@ -309,7 +326,7 @@ class StoreWriter:
             raise StoreError(f"features dtype {s.features.dtype} is not a float type", slide=s.slide_id)
         self.check_compatible(s.slide_id, D, s.features.dtype)
         self._set_features(D, s.features.dtype)
-        write_slide_group(self.path, s, clevel=self.clevel)
+        write_slide_group(self.path, s, clevel=self.clevel, codec=self.codec)
 
     def finalize(self) -> None:
         """Record the number of complete slides and consolidate metadata (re-run after later writes)."""
@@ -334,7 +351,8 @@ class StoreWriter:
         self.close()
 
 
-def write_slide_group(store_path: str | os.PathLike, s: SlideArrays, *, clevel: int = 3) -> None:
+def write_slide_group(store_path: str | os.PathLike, s: SlideArrays, *, clevel: int = 3,
+                      codec: str = DEFAULT_CODEC) -> None:
     """Write one slide group (usable from a worker process: touches only this slide's files)."""
     store_path = Path(store_path)
     key = slide_key(s.slide_id)
@@ -342,7 +360,7 @@ def write_slide_group(store_path: str | os.PathLike, s: SlideArrays, *, clevel: 
     if gdir.exists():  # incomplete or being overwritten: start clean
         shutil.rmtree(gdir)
     g = zarr.open_group(str(gdir), mode="w")
-    comp = _compressor(clevel)
+    comp = _compressor(codec, clevel)
     for name in schema.ALL_ARRAYS:
         data = np.asarray(getattr(s, name))
         if name in schema.DTYPES:

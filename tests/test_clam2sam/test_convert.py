@@ -242,3 +242,27 @@ def test_sources_untouched_and_parse_level_downsamples(tmp_path):
             parse_level_downsamples([bad])
     with pytest.raises(UsageError, match="workers"):
         convert_cohort(ConvertOptions(archive=tmp_path / "arch", out=tmp_path / "z.zarr", workers=0))
+
+
+@needs_ref
+def test_sammil_archive_drops_group_rows_and_uses_its_segments(tmp_path):
+    rep = convert_cohort(ConvertOptions(archive=REFERENCE / "sammil", out=tmp_path / "s.zarr",
+                                        level_downsamples=("1:2",), membership="reference"))
+    assert rep.counts()["converted"] == 2
+    assert any("taken from the Segments pickle" in w for w in rep.warnings)
+    r = open_store(tmp_path / "s.zarr")
+    s = r.read_slide("cmu_small_region")
+    assert s.attrs["layout"] == "sammil" and s.attrs["n_group_rows_dropped"] == 11 and s.n_patches == 182
+    with h5py.File(REFERENCE / "sammil/sam_info/cmu_small_region.h5", "r") as f:
+        np.testing.assert_array_equal(s.patch_sam_area, f["relative_area"][:182])
+
+
+def test_trident_float16_cohort(tmp_path):
+    data = af.make_trident(tmp_path / "job", {"a": 12, "b": 9})
+    rep = convert_cohort(ConvertOptions(archive=tmp_path / "job", out=tmp_path / "t.zarr"))
+    assert rep.counts()["converted"] == 2 and not any("pt" in w for w in rep.warnings)
+    r = open_store(tmp_path / "t.zarr")
+    assert r.attrs["feature_dtype"] == "float16" and r.attrs["encoder"] == "uni_v1"
+    a = r.read_slide("a")
+    assert a.features.dtype == np.float16 and a.attrs["layout"] == "trident"
+    np.testing.assert_array_equal(a.features, data["a"][0])

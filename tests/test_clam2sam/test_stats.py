@@ -50,7 +50,8 @@ def cohort(tmp_path):
 def _q(v):
     v = np.asarray(v, float)
     return {"min": v.min(), "median": np.median(v), "max": v.max(), "mean": v.mean(),
-            "p25": np.quantile(v, 0.25), "p90": np.quantile(v, 0.9), "n": len(v)}
+            "p10": np.quantile(v, 0.1), "p25": np.quantile(v, 0.25), "p75": np.quantile(v, 0.75),
+            "p90": np.quantile(v, 0.9), "n": len(v)}
 
 
 def _assert_q(got, v):
