@@ -40,7 +40,8 @@ Exit codes: 0 all slides converted (or already there), 1 some slides failed, 2 u
 
 _KEYS = ("layout", "features_dir", "pt_dir", "patches_dir", "sam_info_dir", "segments_dir", "slides_dir", "encoder",
          "process_list", "dataset_csv", "label_col", "mpp", "mpp_csv", "patch_size_level0", "level_downsamples",
-         "legacy_downsample", "membership", "overwrite", "skip_errors", "workers", "break_stale_lock")
+         "legacy_downsample", "membership", "overwrite", "skip_errors", "workers", "break_stale_lock",
+         "codec", "clevel")
 
 
 def _summary(console: Console, report, out: Path, report_path: Path) -> None:
@@ -101,6 +102,9 @@ def _summary(console: Console, report, out: Path, report_path: Path) -> None:
 @opt.workers_option
 @click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help=f"JSON report path (default: OUT/{REPORT_NAME}).")
+@click.option("--codec", type=click.Choice(["zstd", "lz4", "none"]), default="zstd", show_default=True,
+              help="Blosc codec for the store's arrays (lz4: faster, slightly larger; see README benchmarks).")
+@click.option("--clevel", type=click.IntRange(0, 9), default=3, show_default=True, help="Compression level.")
 @click.option("--no-checksums", is_flag=True, help="Record source sizes only, no sha256 (faster on huge archives).")
 @opt.break_stale_lock_option
 @opt.json_option

@@ -67,6 +67,7 @@ class ConvertOptions:
     checksums: bool = True
     break_stale_lock: bool = False
     clevel: int = 3
+    codec: str = "zstd"
     extra: dict = field(default_factory=dict)  # reserved for plug-ins
 
     def __post_init__(self):
@@ -172,7 +173,8 @@ def convert_cohort(options: ConvertOptions, segment_provider: SegmentProvider | 
                 report.warn(f"slide {sid!r} has no row in {o.dataset_csv}: label and case_id left empty")
 
     writer = StoreWriter(o.out, encoder=disc.encoder or o.encoder, membership=o.membership,
-                         overwrite=o.overwrite, break_stale_lock=o.break_stale_lock, clevel=o.clevel)
+                         overwrite=o.overwrite, break_stale_lock=o.break_stale_lock, clevel=o.clevel,
+                         codec=o.codec)
     expect_pt = disc.layout in ("clam-fp", "clam-legacy", "sammil") and disc.dirs.get("features_pt") is not None
     pending: list[tuple[str, object]] = []   # ("job", SlideJob) | ("fail", error)
     for sid in ids:
@@ -193,7 +195,7 @@ def convert_cohort(options: ConvertOptions, segment_provider: SegmentProvider | 
             case_id=lab.get("case_id"), mpp=mpps.get(sid), default_mpp=o.mpp, patch_size_level0=o.patch_size_level0,
             legacy_downsample=o.legacy_downsample, level_downsamples={**glob_lds, **slide_lds.get(sid, {})},
             process_list=plist.provenance(sid) if plist else None, encoder=disc.encoder or o.encoder,
-            expect_pt=expect_pt, checksums=o.checksums, clevel=o.clevel)))
+            expect_pt=expect_pt, checksums=o.checksums, clevel=o.clevel, codec=o.codec)))
     try:
         _run(o, writer, pending, report, segment_provider, progress)
     finally:

@@ -45,6 +45,7 @@ class SlideJob:
     expect_pt: bool = False
     checksums: bool = True
     clevel: int = 3
+    codec: str = "zstd"
     expected_dim: int | None = None
     expected_dtype: str | None = None
 
@@ -147,7 +148,7 @@ def run_job(job: SlideJob, segment_provider: SegmentProvider | None = None) -> S
     arrays = build_slide_arrays(sid, loaded.features, loaded.coords, memb, total_downsample=D, mpp=mpp, attrs=attrs)
     arrays.attrs["sources"] = digests.result()
     arrays.validate()
-    write_slide_group(job.out, arrays, clevel=job.clevel)
+    write_slide_group(job.out, arrays, clevel=job.clevel, codec=job.codec)
     return SlideResult(slide_id=sid, n_patches=arrays.n_patches, n_segments=arrays.n_segments,
                        feature_dim=int(loaded.features.shape[1]), feature_dtype=str(loaded.features.dtype),
                        encoder=attrs["encoder"], seconds=time.perf_counter() - t0,

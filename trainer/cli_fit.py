@@ -95,6 +95,8 @@ def _opt_group(f):
         # runtime
         click.option("--num-workers", default=d.num_workers, show_default=True, type=int,
                      help="DataLoader worker processes (fork)."),
+        click.option("--threads", default=d.threads, show_default=True, type=int,
+                     help="torch CPU threads (0 = torch default). Use 1 on a busy machine with small bags."),
         click.option("--cache/--no-cache", default=d.cache, show_default=True,
                      help="Keep bags in RAM after their first read."),
         click.option("--device", default=d.device, show_default=True, help="auto | cpu | cuda[:i]"),

@@ -28,7 +28,7 @@ DEFAULT_SIGMOID_A = {"patch-fraction": 250.0, "sam-pixels": 5e-4}
 DEFAULT_SIGMOID_B = -2.5
 
 # Fields that may change between an interrupted run and its resumption without invalidating it.
-RESUME_FREE_FIELDS = ("num_workers", "cache", "device", "quiet", "resume", "overwrite", "out", "store")
+RESUME_FREE_FIELDS = ("num_workers", "threads", "cache", "device", "quiet", "resume", "overwrite", "out", "store")
 
 
 @dataclass
@@ -77,6 +77,7 @@ class TrainConfig:
     monitor: str = "auc"
     # runtime
     num_workers: int = 0
+    threads: int = 0                     # torch intra-op threads; 0 = torch default
     cache: bool = False
     device: str = "auto"
     quiet: bool = False
@@ -127,6 +128,8 @@ class TrainConfig:
                 fix="model selection and the threshold are taken on validation, never on test")
         if not 0.0 <= self.dropout < 1.0:
             bad("--dropout must be in [0, 1)")
+        if self.threads < 0 or self.num_workers < 0:
+            bad("--threads and --num-workers must be >= 0")
         if self.lr <= 0:
             bad("--lr must be > 0")
 

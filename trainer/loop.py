@@ -30,7 +30,7 @@ def train_one_epoch(model, loader, optimizer, device, *, accumulate: int = 1, on
             optimizer.zero_grad(set_to_none=True)
         for k in ("loss", "ce", "pb", "con"):
             if k in out:
-                sums[k] = sums.get(k, 0.0) + float(out[k])
+                sums[k] = sums.get(k, 0.0) + float(out[k].detach() if torch.is_tensor(out[k]) else out[k])
         n += 1
         if on_step is not None:
             on_step(i)

@@ -248,6 +248,8 @@ def run_fit(cfg: TrainConfig, console=None) -> dict:
     out = Path(cfg.out)
     write_splits(out / "splits.json", splits, cohort)
     device = pick_device(cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     t0 = time.perf_counter()
     folds = []
     with make_progress(cfg, len(splits), console) as progress:

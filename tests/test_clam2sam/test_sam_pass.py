@@ -36,7 +36,7 @@ def env(tmp_path_factory):
         (archive / sub).mkdir(parents=True)
         ext = "pt" if sub == "pt_files" else "h5"
         (archive / sub / f"cmu_small_region.{ext}").symlink_to(REF / "clam" / sub / f"cmu_small_region.{ext}")
-    feats = write_clam_slide(archive, "pyr", PYR_COORDS, dim=16)
+    feats = write_clam_slide(archive, "pyr", PYR_COORDS, dim=1024)
     return {"dir": d, "ckpt": ckpt, "slides": slides, "archive": archive, "pyr_feats": feats}
 
 
@@ -235,7 +235,7 @@ def test_bad_slides_are_clear_per_slide_errors(env, tmp_path):
     # through convert: recorded per slide, the others still converted
     arch = tmp_path / "arch"
     shutil.copytree(env["archive"], arch, symlinks=True)
-    write_clam_slide(arch, "ghost", PYR_COORDS)
+    write_clam_slide(arch, "ghost", PYR_COORDS, dim=1024)
     out = tmp_path / "c.zarr"
     rep = convert_cohort(ConvertOptions(archive=arch, out=out, slides_dir=env["slides"], skip_errors=True),
                          segment_provider=prov.with_cache_dir(out / "sam_cache"))
