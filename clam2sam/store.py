@@ -19,9 +19,7 @@ import datetime as _dt
 import json
 import os
 import shutil
-import socket
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -30,10 +28,13 @@ from zarr.codecs import BloscCodec, BloscShuffle
 
 from clam2sam import schema
 from clam2sam.errors import StoreError, StoreExistsError, StoreLockedError, UsageError
-from clam2sam.groups import csr_from_segment_ids, group_features_partition
 from clam2sam.ids import key_to_slide_id, slide_key
+from clam2sam.slide_arrays import SlideArrays
+from clam2sam.store_lock import LOCK_NAME, acquire_lock, lock_is_stale, read_lock
 
-LOCK_NAME = ".clam2sam.lock"
+__all__ = ["SlideArrays", "StoreWriter", "StoreReader", "open_store", "write_slide_group", "list_slide_keys",
+           "acquire_lock", "read_lock", "lock_is_stale", "LOCK_NAME", "CODECS", "DEFAULT_CODEC"]
+
 CHUNK_BYTES = 4 << 20  # ~4 MiB uncompressed per chunk
 
 
@@ -54,164 +55,6 @@ def chunk_rows(row_bytes: int) -> int:
     """Rows per chunk so that a chunk holds about CHUNK_BYTES (power of two, 64..65536)."""
     rows = max(64, min(65536, CHUNK_BYTES // max(row_bytes, 1)))
     return 1 << (rows.bit_length() - 1)
-
-
-@dataclass
-class SlideArrays:
-    """Everything stored for one slide. Shapes: N patches, D feature dim, S segments, M memberships."""
-
-    slide_id: str
-    features: np.ndarray                  # (N, D)
-    coords: np.ndarray                    # (N, 2) int64 level-0 (x, y)
-    segment_ids: np.ndarray               # (N,) int32, -1 = none
-    patch_sam_area: np.ndarray            # (N,) int64
-    group_features: np.ndarray            # (S, D)
-    segment_sizes: np.ndarray             # (S,) int64
-    segment_areas: np.ndarray             # (S,) float64 level-0 px^2
-    segment_areas_um2: np.ndarray         # (S,) float64
-    segment_sam_area: np.ndarray          # (S,) int64
-    segment_source_index: np.ndarray      # (S,) int32
-    member_indptr: np.ndarray             # (S+1,) int64
-    member_indices: np.ndarray            # (M,) int32
-    attrs: dict = field(default_factory=dict)
-
-    @property
-    def n_patches(self) -> int:
-        return int(self.features.shape[0])
-
-    @property
-    def n_segments(self) -> int:
-        return int(self.group_features.shape[0])
-
-    @classmethod
-    def from_partition(cls, slide_id: str, features: np.ndarray, coords: np.ndarray,
-                       segment_ids: np.ndarray | None = None, *, segment_areas=None, segment_sam_area=None,
-                       segment_source_index=None, mpp: float | None = None, attrs: dict | None = None
-                       ) -> "SlideArrays":
-        """Build a slide from in-memory arrays (for cohorts that do not come from CLAM).
-
-        Args:
-            features: ``(N, D)`` float16/32/64.
-            coords: ``(N, 2)`` level-0 top-left (x, y).
-            segment_ids: ``(N,)`` 0..S-1 or -1; ``None`` = no segmentation (S = 0).
-            segment_areas: ``(S,)`` level-0 px^2; default: member count x patch area (needs
-                ``attrs["patch_size_level0"]``) or member count.
-            segment_sam_area: ``(S,)`` SAM-pixel areas; default 0 (unknown).
-            segment_source_index: ``(S,)``; default ``arange(S)``.
-            mpp: microns per level-0 pixel, for ``segment_areas_um2``.
-            attrs: extra slide attrs (label, case_id, patch_size_level0, ...).
-        """
-        features = np.asarray(features)
-        N = features.shape[0]
-        coords = np.asarray(coords, dtype=np.int64).reshape(-1, 2)
-        if segment_ids is None:
-            segment_ids = np.full(N, schema.NO_SEGMENT, np.int32)
-        segment_ids = np.asarray(segment_ids, dtype=np.int32)
-        S = int(segment_ids.max()) + 1 if N and segment_ids.max() >= 0 else 0
-        indptr, indices = csr_from_segment_ids(segment_ids, S)
-        sizes = np.diff(indptr).astype(np.int64)
-        attrs = dict(attrs or {})
-        if segment_areas is None:
-            ps = attrs.get("patch_size_level0")
-            segment_areas = sizes * (float(ps) ** 2 if ps else 1.0)
-        segment_areas = np.asarray(segment_areas, dtype=np.float64)
-        sam_area = (np.zeros(S, np.int64) if segment_sam_area is None
-                    else np.asarray(segment_sam_area, dtype=np.int64))
-        psa = np.ones(N, np.int64)
-        assigned = segment_ids >= 0
-        psa[assigned] = sam_area[segment_ids[assigned]] if S else 1
-        um2 = segment_areas * mpp * mpp if mpp else np.full(S, np.nan)
-        if mpp:
-            attrs.setdefault("mpp", float(mpp))
-        return cls(
-            slide_id=slide_id, features=features, coords=coords, segment_ids=segment_ids,
-            patch_sam_area=psa, group_features=group_features_partition(features, segment_ids, S),
-            segment_sizes=sizes, segment_areas=segment_areas, segment_areas_um2=np.asarray(um2, np.float64),
-            segment_sam_area=sam_area,
-            segment_source_index=(np.arange(S, dtype=np.int32) if segment_source_index is None
-                                  else np.asarray(segment_source_index, np.int32)),
-            member_indptr=indptr, member_indices=indices, attrs=attrs)
-
-    def validate(self) -> None:
-        """Cheap shape/dtype consistency checks; raises StoreError naming the slide and array."""
-        N, S = self.n_patches, self.n_segments
-        checks = [
-            ("features", self.features.ndim == 2, "must be 2-D (N, D)"),
-            ("coords", self.coords.shape == (N, 2), f"shape {self.coords.shape} != ({N}, 2)"),
-            ("segment_ids", self.segment_ids.shape == (N,), f"shape {self.segment_ids.shape} != ({N},)"),
-            ("patch_sam_area", self.patch_sam_area.shape == (N,), "length != N"),
-            ("segment_sizes", self.segment_sizes.shape == (S,), "length != S"),
-            ("segment_areas", self.segment_areas.shape == (S,), "length != S"),
-            ("segment_areas_um2", self.segment_areas_um2.shape == (S,), "length != S"),
-            ("segment_sam_area", self.segment_sam_area.shape == (S,), "length != S"),
-            ("segment_source_index", self.segment_source_index.shape == (S,), "length != S"),
-            ("member_indptr", self.member_indptr.shape == (S + 1,), "length != S+1"),
-            ("group_features", self.group_features.ndim == 2 and
-             self.group_features.shape[1:] == self.features.shape[1:], "dim differs from features"),
-        ]
-        for name, ok, msg in checks:
-            if not ok:
-                raise StoreError(f"array {name!r}: {msg}", slide=self.slide_id,
-                                 fix="this is a bug in the producer of the arrays")
-        if S and (self.segment_ids.max() >= S or self.segment_ids.min() < schema.NO_SEGMENT):
-            raise StoreError("segment_ids out of range 0..S-1/-1", slide=self.slide_id)
-
-
-# ----------------------------------------------------------------------------------------------- lock
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def read_lock(path: Path) -> dict | None:
-    p = Path(path) / LOCK_NAME
-    try:
-        return json.loads(p.read_text())
-    except (FileNotFoundError, ValueError):
-        return None
-
-
-def lock_is_stale(info: dict) -> bool:
-    """A lock is stale when its holder ran on this host and that pid no longer exists."""
-    return info.get("hostname") == socket.gethostname() and not _pid_alive(int(info.get("pid", -1)))
-
-
-def acquire_lock(path: Path, *, break_stale: bool = False) -> Path:
-    """Create ``<store>/.clam2sam.lock`` atomically (O_EXCL).
-
-    Raises:
-        StoreLockedError: another live process holds it, or a stale lock exists and ``break_stale`` is False.
-    """
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    lock = path / LOCK_NAME
-    payload = json.dumps({"pid": os.getpid(), "hostname": socket.gethostname(),
-                          "created": _dt.datetime.now(_dt.timezone.utc).isoformat()})
-    for _ in range(2):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            info = read_lock(path) or {}
-            holder = f"pid {info.get('pid')} on {info.get('hostname')} since {info.get('created')}"
-            if lock_is_stale(info):
-                if break_stale:
-                    lock.unlink(missing_ok=True)
-                    continue
-                raise StoreLockedError(
-                    f"store is locked by a process that no longer runs ({holder})", path=lock,
-                    fix="re-run with --break-stale-lock to clear it (the store itself stays valid)")
-            raise StoreLockedError(f"store is being written by another process ({holder})", path=lock,
-                                   fix="wait for it to finish, or write to another --out")
-        with os.fdopen(fd, "w") as f:
-            f.write(payload)
-        return lock
-    raise StoreLockedError("could not acquire the store lock", path=lock)  # pragma: no cover
 
 
 # ---------------------------------------------------------------------------------------------- writer
