@@ -76,7 +76,7 @@ def check_store(path: str | os.PathLike, *, slide_ids: list[str] | None = None, 
         res.problems.append(Problem(None, None, str(e)))
         return res
     for key in ("feature_dim", "feature_dtype"):
-        if reader.attrs.get(key) is None:
+        if reader.attrs.get(key) is None and reader.slide_ids(complete_only=False):
             res.problems.append(Problem(None, None, f"root attr {key!r} missing"))
     if slide_ids is None:
         for sid in reader.incomplete_slide_ids():

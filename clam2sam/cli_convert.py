@@ -20,8 +20,8 @@ except ImportError:  # the SAM pass is optional
         return f
     build_sam_provider = None
 
-_dir = click.Path(exists=True, file_okay=False, path_type=Path)
-_file = click.Path(exists=True, dir_okay=False, path_type=Path)
+_dir = opt.LocalPath(exists=True, file_okay=False, path_type=Path)  # paths or file:// URLs
+_file = opt.LocalPath(exists=True, dir_okay=False, path_type=Path)
 
 EPILOG = """\b
 Examples:
@@ -33,6 +33,8 @@ Examples:
   # TRIDENT job folder, labels from CLAM's dataset CSV, 4 processes, go on after bad slides:
   clam2sam convert trident_job --encoder uni_v1 --dataset-csv labels.csv \\
       --workers 4 --skip-errors --out cohort.zarr
+  # one task per slide on a running Dask cluster (shared filesystem):
+  clam2sam convert /shared/feat_dir --dask-scheduler tcp://sched:8786 --out /shared/cohort.zarr
 \b
 Re-running the same command resumes: complete slides are skipped, interrupted ones redone.
 Exit codes: 0 all slides converted (or already there), 1 some slides failed, 2 usage error.
@@ -41,7 +43,7 @@ Exit codes: 0 all slides converted (or already there), 1 some slides failed, 2 u
 _KEYS = ("layout", "features_dir", "pt_dir", "patches_dir", "sam_info_dir", "segments_dir", "slides_dir", "encoder",
          "process_list", "dataset_csv", "label_col", "mpp", "mpp_csv", "patch_size_level0", "level_downsamples",
          "legacy_downsample", "membership", "overwrite", "skip_errors", "workers", "break_stale_lock",
-         "codec", "clevel")
+         "codec", "clevel", "dask_scheduler", "dask_local")
 
 
 def _summary(console: Console, report, out: Path, report_path: Path) -> None:
@@ -74,7 +76,8 @@ def _summary(console: Console, report, out: Path, report_path: Path) -> None:
 
 @click.command("convert", epilog=EPILOG)
 @click.argument("archive", type=_dir)
-@click.option("--out", "-o", type=click.Path(path_type=Path), required=True, help="Zarr store to create or resume.")
+@click.option("--out", "-o", type=opt.LocalPath(path_type=Path), required=True,
+              help="Zarr store to create or resume (a path or file:// URL).")
 @click.option("--layout", type=click.Choice(LAYOUTS), default=None, help="Force the archive layout (default: detect).")
 @click.option("--features-dir", type=_dir, default=None, help="Folder of feature .h5 files (default: ARCHIVE/h5_files).")
 @click.option("--pt-dir", type=_dir, default=None, help="Folder of feature .pt files (default: ARCHIVE/pt_files).")
@@ -100,6 +103,11 @@ def _summary(console: Console, report, out: Path, report_path: Path) -> None:
 @opt.overwrite_option
 @opt.skip_errors_option
 @opt.workers_option
+@click.option("--dask-scheduler", metavar="tcp://HOST:PORT", default=None,
+              help="Convert on a running Dask cluster, one task per slide (workers must see ARCHIVE and --out "
+                   "at the same paths). See docs/cluster.md.")
+@click.option("--dask-local", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Start a local Dask cluster of N worker processes for this run.")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help=f"JSON report path (default: OUT/{REPORT_NAME}).")
 @click.option("--codec", type=click.Choice(["zstd", "lz4", "none"]), default="zstd", show_default=True,

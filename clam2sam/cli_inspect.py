@@ -13,7 +13,7 @@ from rich.table import Table
 
 from clam2sam.check import CheckResult, check_store
 from clam2sam.errors import StoreError
-from clam2sam.stats import QUANTILE_KEYS, _flatten, cohort_stats, slide_stats, to_json
+from clam2sam.stats import QUANTILE_KEYS, cohort_stats, flatten_scalars, slide_stats, to_json
 from clam2sam.store import open_store
 
 _GEOMETRY_KEYS = ("geometry.", "image_info.")  # SAM attrs that differ per slide by nature
@@ -25,6 +25,10 @@ Examples:
   clam2sam inspect cohort.zarr --json > stats.json   # the same numbers as JSON
   clam2sam inspect cohort.zarr --check               # integrity check, exit code 1 on problems
   clam2sam inspect cohort.zarr --plot pictures/ --slides-dir /data/slides --max-slides 5
+
+
+The summary goes to stdout (with --json: only the JSON object); progress and notes go to stderr.
+Exit codes: 0 ok, 1 --check found a problem / store or slide unreadable, 2 usage error.
 """
 
 
@@ -153,7 +157,7 @@ def _store_lines(out: Console, st: dict) -> None:
     out.print(f"[bold]Store[/] {st['path']}  (schema {st['schema_version']}, clam2sam {st['tool_version']}, "
               f"membership {st['membership']}, encoder {st.get('encoder') or 'unknown'})", highlight=False)
     out.print(f"  on disk {_bytes(st['disk_bytes'])}, uncompressed arrays {_bytes(st['uncompressed_bytes'])}, "
-              f"compression ratio {ratio:.2f}x" if ratio else "  empty store", highlight=False)
+              f"compression ratio {ratio:.2f}x" if ratio is not None else "  empty store", highlight=False)
 
 
 def _print_cohort(out: Console, r: dict) -> None:
@@ -226,7 +230,7 @@ def _print_slide(out: Console, r: dict) -> None:
     out.print(t)
     for k, v in (r["sam"] or {}).items():
         if isinstance(v, dict):
-            v = ", ".join(f"{a}={b}" for a, b in _flatten(v).items())
+            v = ", ".join(f"{a}={b}" for a, b in flatten_scalars(v).items())
         out.print(f"  sam.{k}: {v}", highlight=False)
     for s in r["sources"]:
         out.print(f"  source {s.get('role')}: {s.get('path')} ({_fmt(s.get('size'))} B)", highlight=False)

@@ -30,6 +30,7 @@ from clam2sam.ids import normalise_slide_id, slide_key
 from clam2sam.process_list import PROCESS_LIST_NAME, read_dataset_csv, read_mpp_csv, read_process_list
 from clam2sam.report import Report
 from clam2sam.store import StoreWriter
+from clam2sam.urls import local_path
 
 REPORT_NAME = "convert_report.json"
 Progress = Callable[["str | None", int, int], None]
@@ -68,6 +69,8 @@ class ConvertOptions:
     break_stale_lock: bool = False
     clevel: int = 3
     codec: str = "zstd"
+    dask_scheduler: str | None = None         # tcp://HOST:PORT of a running Dask cluster (clam2sam.dask_run)
+    dask_local: int | None = None             # start a LocalCluster of N worker processes
     extra: dict = field(default_factory=dict)  # reserved for plug-ins
 
     def __post_init__(self):
@@ -75,7 +78,7 @@ class ConvertOptions:
                      "slides_dir", "process_list", "dataset_csv", "mpp_csv", "report_path"):
             v = getattr(self, name)
             if v is not None and not isinstance(v, Path):
-                setattr(self, name, Path(v))
+                setattr(self, name, local_path(v, what=name))  # plain path or file:// URL
         self.slides = tuple(self.slides or ())
         self.level_downsamples = tuple(self.level_downsamples or ())
 
@@ -109,6 +112,9 @@ def _check(o: ConvertOptions) -> None:
         raise UsageError(f"unknown layout {o.layout!r}", fix=f"use one of {LAYOUTS}")
     if o.workers < 1:
         raise UsageError("--workers must be >= 1", fix="pass --workers 1 or more")
+    if o.dask_scheduler or o.dask_local is not None:
+        from clam2sam.dask_run import check_dask_options
+        check_dask_options(o)
     for name in ("mpp", "patch_size_level0", "legacy_downsample"):
         v = getattr(o, name)
         if v is not None and not v > 0:
@@ -234,6 +240,9 @@ def _record(o, writer: StoreWriter, report: Report, sid: str, status: str, res) 
 
 
 def _run(o: ConvertOptions, writer: StoreWriter, pending, report: Report, provider, progress) -> None:
+    if o.dask_scheduler or o.dask_local:
+        from clam2sam.dask_run import run_on_dask
+        return run_on_dask(o, writer, pending, report, provider, progress)
     total = len(pending)
     if progress:
         progress(None, 0, total)

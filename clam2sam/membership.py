@@ -138,8 +138,11 @@ def assign_membership(coords: np.ndarray, patch_size_level0: float, maskset: Mas
     areas = np.asarray(maskset.areas, np.int64)
     ps = float(patch_size_level0)
     lists = (_members_reference if rule == schema.MEMBERSHIP_REFERENCE else _members_centre)(coords, ps, maskset)
-    src = np.array([m for m, _ in lists], dtype=np.int32)  # (S,) ascending
     best_idx, best_area = _smallest(lists, areas, n)
+    if rule == schema.MEMBERSHIP_REFERENCE:  # every mask with >= 1 member (a patch may be in several)
+        src = np.array([m for m, _ in lists], dtype=np.int32)  # (S,) ascending
+    else:  # partition: only masks that win at least one patch (a fully shadowed mask has no member)
+        src = np.unique(best_idx[best_idx >= 0]).astype(np.int32)
     lut = np.full(maskset.n_masks, schema.NO_SEGMENT, np.int32)
     lut[src] = np.arange(len(src), dtype=np.int32)
     assigned = best_idx >= 0

@@ -9,9 +9,24 @@ from pathlib import Path
 import click
 
 from clam2sam import schema
+from clam2sam.errors import UsageError
+from clam2sam.urls import local_path
 
-_dir = click.Path(exists=True, file_okay=False, path_type=Path)
-_file = click.Path(exists=True, dir_okay=False, path_type=Path)
+
+class LocalPath(click.Path):
+    """``click.Path`` that also takes ``file://`` URLs (made local paths); other URL schemes fail clearly."""
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str):
+            try:
+                value = str(local_path(value, what=param.human_readable_name if param else "path"))
+            except UsageError as e:
+                self.fail(str(e), param, ctx)
+        return super().convert(value, param, ctx)
+
+
+_dir = LocalPath(exists=True, file_okay=False, path_type=Path)
+_file = LocalPath(exists=True, dir_okay=False, path_type=Path)
 
 
 def _stack(*decorators):

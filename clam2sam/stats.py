@@ -118,13 +118,13 @@ def _read_core(reader: StoreReader, slide_id: str) -> dict:
     return data
 
 
-def _flatten(d: dict, prefix: str = "") -> dict:
+def flatten_scalars(d: dict, prefix: str = "") -> dict:
     """Scalar leaves of a nested dict under dotted keys (lists and None skipped)."""
     out = {}
     for k, v in d.items():
         key = f"{prefix}{k}"
         if isinstance(v, dict):
-            out.update(_flatten(v, key + "."))
+            out.update(flatten_scalars(v, key + "."))
         elif isinstance(v, (str, int, float, bool)):
             out[key] = v
     return out
@@ -134,7 +134,7 @@ def sam_provenance(sam_dicts: list[dict], top: int = 5) -> dict:
     """Distinct values of every scalar SAM attr over slides: ``{key: {"distinct": n, "top": {value: count}}}``."""
     per_key: dict[str, Counter] = {}
     for d in sam_dicts:
-        for k, v in _flatten(d or {}).items():
+        for k, v in flatten_scalars(d or {}).items():
             per_key.setdefault(k, Counter())[v if isinstance(v, str) else json.dumps(v)] += 1
     return {k: {"distinct": len(c), "top": dict(c.most_common(top))} for k, c in sorted(per_key.items())}
 

@@ -27,6 +27,7 @@ import zarr
 from zarr.codecs import BloscCodec, BloscShuffle
 
 from clam2sam import schema
+from clam2sam._testhooks import maybe_die
 from clam2sam.errors import StoreError, StoreExistsError, StoreLockedError, UsageError
 from clam2sam.ids import key_to_slide_id, slide_key
 from clam2sam.slide_arrays import SlideArrays
@@ -36,6 +37,9 @@ __all__ = ["SlideArrays", "StoreWriter", "StoreReader", "open_store", "write_sli
            "acquire_lock", "read_lock", "lock_is_stale", "LOCK_NAME", "CODECS", "DEFAULT_CODEC"]
 
 CHUNK_BYTES = 4 << 20  # ~4 MiB uncompressed per chunk
+# Kept by --overwrite: the SAM pass cache (entries are keyed by model, checkpoint, parameters and geometry,
+# so a kept entry is only ever reused for an identical SAM run; see clam2sam.sam_cache).
+KEEP_ON_OVERWRITE = ("sam_cache",)
 
 
 CODECS = ("zstd", "lz4", "none")
@@ -55,6 +59,20 @@ def chunk_rows(row_bytes: int) -> int:
     """Rows per chunk so that a chunk holds about CHUNK_BYTES (power of two, 64..65536)."""
     rows = max(64, min(65536, CHUNK_BYTES // max(row_bytes, 1)))
     return 1 << (rows.bit_length() - 1)
+
+
+def _clear_for_overwrite(path: Path) -> None:
+    """Delete a store for --overwrite, keeping the KEEP_ON_OVERWRITE entries."""
+    if not path.is_dir() or path.is_symlink():
+        path.unlink()
+        return
+    for p in path.iterdir():
+        if p.name in KEEP_ON_OVERWRITE:
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
 
 
 # ---------------------------------------------------------------------------------------------- writer
@@ -91,9 +109,9 @@ class StoreWriter:
                 if info and not lock_is_stale(info):
                     raise StoreLockedError(f"cannot overwrite: store is being written by pid {info.get('pid')}",
                                            path=self.path, fix="wait for the other conversion to finish")
-            shutil.rmtree(self.path)
+            _clear_for_overwrite(self.path)
         if self.path.exists() and not (self.path / "zarr.json").exists() and any(
-                p.name != LOCK_NAME for p in self.path.iterdir()):
+                p.name not in (LOCK_NAME, *KEEP_ON_OVERWRITE) for p in self.path.iterdir()):
             raise StoreExistsError("output exists and is not a clam2sam store", path=self.path,
                                    fix="choose another --out or delete it")
         if lock:
@@ -110,13 +128,14 @@ class StoreWriter:
                     raise UsageError(f"store was converted with membership {a['membership']!r}, not "
                                      f"{membership!r}", path=self.path, fix="use --overwrite or another --out")
             else:
-                self.root = zarr.open_group(str(self.path), mode="a")
-                self.root.require_group(schema.SLIDES_GROUP)
-                self.root.attrs.update({
+                # root + its attrs in one (atomic) write: a crash here leaves no attr-less root behind
+                self.root = zarr.open_group(str(self.path), mode="a", attributes={
                     "schema_version": schema.SCHEMA_VERSION, "tool": "clam2sam", "tool_version": __version__,
                     "feature_dim": None, "feature_dtype": None, "encoder": encoder, "membership": membership,
                     "created": _dt.datetime.now(_dt.timezone.utc).isoformat(), "n_slides": 0,
                     "codec": codec, "clevel": clevel})
+                maybe_die("init")  # test hook (no-op unless CLAM2SAM_TEST_KILL_AT is set)
+            self.root.require_group(schema.SLIDES_GROUP)  # also after a crash right after creation
             if feature_dim is not None or feature_dtype is not None:
                 self._set_features(feature_dim, feature_dtype)
             if encoder and not self.root.attrs.get("encoder"):
@@ -176,6 +195,7 @@ class StoreWriter:
         self.root.attrs["n_slides"] = len(list_slide_keys(self.path, complete_only=True))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
+            maybe_die("consolidate")
             zarr.consolidate_metadata(str(self.path))
 
     def close(self) -> None:
@@ -216,11 +236,15 @@ def write_slide_group(store_path: str | os.PathLike, s: SlideArrays, *, clevel: 
         shard_rows = max(rows, -(-n // rows) * rows)
         arr = g.create_array(name, shape=data.shape, dtype=data.dtype, chunks=chunks,
                              shards=(shard_rows,) + data.shape[1:], compressors=comp, fill_value=0)
+        if name == "features":
+            maybe_die("features")
         if n:
             arr[...] = data
+        maybe_die("array")
     attrs = {k: _jsonable(v) for k, v in s.attrs.items() if k != "complete"}
     attrs.update(slide_id=s.slide_id, n_patches=s.n_patches, n_segments=s.n_segments)
     g.attrs.update(attrs)
+    maybe_die("complete")
     g.attrs["complete"] = True  # last write: marks the slide done
 
 

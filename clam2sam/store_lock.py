@@ -23,16 +23,43 @@ def _pid_alive(pid: int) -> bool:
 
 
 def read_lock(path: Path) -> dict | None:
+    """The lock's ``{"pid", "hostname", "created"}``; None when absent or unreadable (empty, not JSON)."""
     p = Path(path) / LOCK_NAME
     try:
-        return json.loads(p.read_text())
-    except (FileNotFoundError, ValueError):
+        info = json.loads(p.read_text())
+    except (OSError, ValueError):
         return None
+    return info if isinstance(info, dict) and "pid" in info and "hostname" in info else None
 
 
 def lock_is_stale(info: dict) -> bool:
     """A lock is stale when its holder ran on this host and that pid no longer exists."""
-    return info.get("hostname") == socket.gethostname() and not _pid_alive(int(info.get("pid", -1)))
+    try:
+        pid = int(info.get("pid", -1))
+    except (TypeError, ValueError):
+        return False
+    return info.get("hostname") == socket.gethostname() and pid > 0 and not _pid_alive(pid)
+
+
+def _create(lock: Path, payload: str) -> None:
+    """Create ``lock`` holding ``payload`` in one step: written aside, then hard-linked into place (the link
+    fails when the lock exists), so no reader ever sees an empty lock. Falls back to O_EXCL where the file
+    system has no hard links. Raises FileExistsError when the lock exists."""
+    tmp = lock.with_name(f"{lock.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(payload)
+        try:
+            os.link(tmp, lock)
+            return
+        except FileExistsError:
+            raise
+        except OSError:  # no hard links here (some network / FUSE file systems)
+            pass
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        with os.fdopen(fd, "w") as f:
+            f.write(payload)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def acquire_lock(path: Path, *, break_stale: bool = False) -> Path:
@@ -48,9 +75,17 @@ def acquire_lock(path: Path, *, break_stale: bool = False) -> Path:
                           "created": _dt.datetime.now(_dt.timezone.utc).isoformat()})
     for _ in range(2):
         try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            _create(lock, payload)
         except FileExistsError:
-            info = read_lock(path) or {}
+            info = read_lock(path)
+            if info is None and lock.exists():  # e.g. emptied by a crash of an older version while taking it
+                if break_stale:
+                    lock.unlink(missing_ok=True)
+                    continue
+                raise StoreLockedError(
+                    "store lock file is unreadable (empty or not JSON), so its holder is unknown", path=lock,
+                    fix="if no conversion is writing this store, re-run with --break-stale-lock to clear it")
+            info = info or {}
             holder = f"pid {info.get('pid')} on {info.get('hostname')} since {info.get('created')}"
             if lock_is_stale(info):
                 if break_stale:
@@ -61,7 +96,5 @@ def acquire_lock(path: Path, *, break_stale: bool = False) -> Path:
                     fix="re-run with --break-stale-lock to clear it (the store itself stays valid)")
             raise StoreLockedError(f"store is being written by another process ({holder})", path=lock,
                                    fix="wait for it to finish, or write to another --out")
-        with os.fdopen(fd, "w") as f:
-            f.write(payload)
         return lock
     raise StoreLockedError("could not acquire the store lock", path=lock)  # pragma: no cover

@@ -145,9 +145,6 @@ def test_reference_store_changed_source_detected(reference_store, tmp_path, caps
 
 
 @needs_converter
-@pytest.mark.xfail(reason="converter bug (membership.assign_membership, partition rule): masks whose every "
-                          "covered patch goes to a smaller mask are kept as empty segments (NaN group "
-                          "features); remove this mark once fixed", strict=False)
 def test_demo_data_store(tmp_path, capsys):
     demo = Path(__file__).resolve().parents[2] / "fixtures" / "demo"
     if not (demo / "h5_files").is_dir():

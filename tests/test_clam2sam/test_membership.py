@@ -181,3 +181,22 @@ def test_vectorised_on_a_large_slide_matches_bruteforce():
         else:
             best = min(hits, key=lambda j: (ms.areas[j], j))
             assert p.segment_source_index[p.segment_ids[i]] == best
+
+
+def test_partition_drops_mask_whose_patches_all_go_to_smaller_masks():
+    """A big mask fully shadowed by smaller masks has no member: it must not become an empty segment."""
+    from clam2sam.masks import MaskSet, SamGeometry
+    from clam2sam.membership import assign_membership
+
+    H = W = 8
+    big = np.zeros((H, W), bool); big[0:4, 0:8] = True          # covers both patch centres
+    left = np.zeros((H, W), bool); left[0:4, 0:4] = True        # smaller, covers patch 0 centre
+    right = np.zeros((H, W), bool); right[0:4, 4:8] = True      # smaller, covers patch 1 centre
+    masks = np.stack([big, left, right])
+    ms = MaskSet(masks=masks, areas=masks.sum((1, 2)), bboxes=np.array([[0, 0, 7, 3], [0, 0, 3, 3], [4, 0, 3, 3]]),
+                 geometry=SamGeometry(start_x=0, start_y=0, total_downsample=1, width=W, height=H))
+    coords = np.array([[0, 0], [4, 0]], np.int64)
+    m = assign_membership(coords, 4, ms)
+    assert m.segment_source_index.tolist() == [1, 2]
+    assert m.segment_ids.tolist() == [0, 1]
+    assert np.diff(m.member_indptr).tolist() == [1, 1]

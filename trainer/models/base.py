@@ -9,8 +9,9 @@ the segment group features when ``cfg.group_features`` is on::
                                               indexable like h; None when the model has none
     out = head(h[idx], c[idx])       dict: logits (1, C), scores (len(idx),), embedding (1, E)
 
-``forward(bag)`` runs that on all tokens; ``loss_dict(bag)`` returns ``{"loss": total, ...terms}``
-(plain models: cross-entropy on the full bag). ``scores`` are attention weights (or instance scores);
+``forward(bag)`` runs that on all tokens; ``loss_dict(bag)`` returns ``{"loss": total, <term>: tensor}``
+with every term still attached to the graph (plain models: ``ce`` on the full bag; SAM-MIL adds ``pb``
+and ``con``); the loop back-propagates ``loss`` and logs the terms. ``scores`` are attention weights (or instance scores);
 the first ``N`` entries align with the store's ``coords``. Splitting embed / head lets SAM-MIL embed a
 bag once and reuse it for the masked bag, the pseudo-bags and the consistency term.
 """
@@ -61,7 +62,7 @@ class MILModel(nn.Module):
     def loss_dict(self, bag) -> dict:
         out = self.forward(bag)
         ce = F.cross_entropy(out["logits"], bag.label.view(1))
-        return {"loss": ce, "ce": ce.detach(), "logits": out["logits"].detach()}
+        return {"loss": ce, "ce": ce, "logits": out["logits"].detach()}
 
 
 def init_linear_xavier(module: nn.Module) -> None:

@@ -68,18 +68,18 @@ class SAMMIL(MILModel):
         masked = self.head(h[keep], self._take(c, keep))
         l_cls = F.cross_entropy(masked["logits"], y)
         loss = l_cls
-        out = {"ce": l_cls.detach(), "logits": masked["logits"].detach(), "n_kept": int(keep.numel())}
+        out = {"ce": l_cls, "logits": masked["logits"].detach(), "n_kept": int(keep.numel())}
 
         if self.alpha > 0 and self.m > 1:
             parts = pseudo_bag_indices(keep.numel(), self.m, device=keep.device)
             l_p = torch.stack([F.cross_entropy(self.head(h[keep[p]], self._take(c, keep[p]))["logits"], y)
                                for p in parts]).mean()
             loss = loss + self.alpha * l_p
-            out["pb"] = l_p.detach()
+            out["pb"] = l_p
         if self.beta > 0:
             att = self.head(h, c)["scores"]                    # (T,) full-bag attention
             l_con = consistency_loss(att, self.token_groups(bag, groups), self.con_form, groups.n_groups)
             loss = loss + self.beta * l_con
-            out["con"] = l_con.detach()
+            out["con"] = l_con
         out["loss"] = loss
         return out

@@ -1,0 +1,78 @@
+"""Shared helpers of the hardening tests: a small cohort with segments, CLI subprocesses, store comparison."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from clam2sam import schema
+from clam2sam.store import open_store
+
+from ..test_clam2sam import archive_factory as af
+
+REPO = Path(__file__).resolve().parents[2]
+VOLATILE_ROOT = {"created", "consolidated_metadata"}   # timestamps / zarr bookkeeping
+
+
+def cohort(root: Path, n_slides: int = 3, n: int = 40, seed: int = 0) -> dict:
+    """CLAM archive (h5 + pt + patches) + Segments pickles (D = 4; patch 64 = 16 SAM px)."""
+    data = af.make_clam(root, {f"s{i}": n for i in range(n_slides)}, seed=seed)
+    for i in range(n_slides):
+        H, W = 8 * 16, 5 * 16
+        masks = [af.rect_mask(H, W, 0, 0, W, H // 2), af.rect_mask(H, W, 0, 0, 16 * (i + 1), 16),
+                 af.rect_mask(H, W, 70, 120, 80, 128)]
+        af.write_segments(root / "segments" / f"s{i}.pkl", af.segments_list(masks, ratio=4, patch_size=64))
+    return data
+
+
+def cli_env(**extra) -> dict:
+    env = dict(os.environ)
+    env.pop("CLAM2SAM_TEST_KILL_AT", None)
+    env.update({k: str(v) for k, v in extra.items()})
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def clam2sam_cmd(*args) -> list[str]:
+    return [sys.executable, "-m", "clam2sam", *map(str, args)]
+
+
+def run_cli(*args, timeout: float = 120, **env) -> subprocess.CompletedProcess:
+    return subprocess.run(clam2sam_cmd(*args), capture_output=True, text=True, timeout=timeout, cwd=str(REPO),
+                          env=cli_env(**env))
+
+
+def store_snapshot(path: Path) -> dict:
+    """Everything a conversion produced that must be reproducible: root attrs (minus timestamps),
+    per complete slide every array and every attr."""
+    r = open_store(path)
+    root = {k: v for k, v in r.attrs.items() if k not in VOLATILE_ROOT}
+    slides = {}
+    for sid in r.slide_ids():
+        slides[sid] = {"attrs": r.slide_attrs(sid),
+                       "arrays": {n: r.read_array(sid, n) for n in schema.ALL_ARRAYS}}
+    return {"root": root, "slides": slides, "incomplete": r.incomplete_slide_ids()}
+
+
+def assert_same_store(got: dict, ref: dict) -> None:
+    assert got["root"] == ref["root"]
+    assert sorted(got["slides"]) == sorted(ref["slides"])
+    assert got["incomplete"] == [] and ref["incomplete"] == []
+    for sid, s in ref["slides"].items():
+        g = got["slides"][sid]
+        assert g["attrs"] == s["attrs"], sid
+        for n, a in s["arrays"].items():
+            b = g["arrays"][n]
+            assert a.dtype == b.dtype and a.shape == b.shape, (sid, n)
+            np.testing.assert_array_equal(b, a, err_msg=f"{sid}/{n}")
+
+
+def consolidated_ok(path: Path) -> bool:
+    """The root zarr.json carries consolidated metadata listing every complete slide group."""
+    meta = json.loads((Path(path) / "zarr.json").read_text())
+    cm = (meta.get("consolidated_metadata") or {}).get("metadata") or {}
+    return all(f"{schema.SLIDES_GROUP}/{k}" in cm for k in open_store(path).slide_ids())
