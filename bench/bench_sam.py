@@ -7,10 +7,11 @@ weights needed: a random vit_b / vit_h has exactly the compute of the real one).
     .venv/bin/python bench/bench_sam.py                                  # tiny + vit_b on CPU
     .venv/bin/python bench/bench_sam.py --models vit_h --device cuda --slides a.svs b.svs --repeat 2
 
-Timing columns (seconds, per slide): ``read`` (open slide, read region, resize), ``model`` (image
+Timing columns (seconds, per slide): ``read`` (open slide, read region, resize), ``model_s`` (image
 encoder + prompt encoder + mask decoder calls), ``generate`` (the whole SamAutomaticMaskGenerator: model
 plus point grid, stability scores, thresholding, RLE encoding of every candidate mask, NMS),
-``cache`` (writing the compact cache), ``total`` (the provider call), ``outside`` = total - model.
+``cache`` (writing the compact cache), ``total`` (the provider call), ``outside`` = total - model
+(``outside_share`` = outside / total).
 Model load time is reported separately (once per process). Results are printed and written as JSON.
 """
 from __future__ import annotations
@@ -66,9 +67,9 @@ def bench_one(model_type: str, ckpt: Path, slide: Path, coords, ps, params: SamP
         load = s["model_load"] if r == 0 else 0.0  # the model is loaded once per process
         total = wall - load
         rows.append({
-            "model": model_type, "device": ms.provenance["device"], "slide": slide.name, "repeat": r,
+            "model_type": model_type, "device": ms.provenance["device"], "slide": slide.name, "repeat": r,
             "image": f"{ms.geometry.width}x{ms.geometry.height}", "masks": ms.n_masks,
-            "model_load": round(load, 3), "read": s["read_image"], "model": s["model"], "generate": s["generate"],
+            "model_load": round(load, 3), "read": s["read_image"], "model_s": s["model"], "generate": s["generate"],
             "cache": s.get("write_cache", 0.0), "total": round(total, 3),
             "outside": round(total - s["model"], 3), "outside_share": round((total - s["model"]) / total, 3),
             "cache_bytes": sam_cache.disk_bytes(cache), "dense_bytes": int(ms.masks.size),
@@ -112,8 +113,8 @@ def main(argv=None) -> int:
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-    cols = ("model", "device", "slide", "image", "masks", "model_load", "read", "model", "generate", "cache", "total",
-            "outside_share")
+    cols = ("model_type", "device", "slide", "image", "masks", "model_load", "read", "model_s", "generate", "cache",
+            "total", "outside_share")
     print("| " + " | ".join(cols) + " |")
     print("|" + "---|" * len(cols))
     for r in rows:

@@ -11,6 +11,7 @@ Points (where :mod:`clam2sam.store` calls :func:`maybe_die`):
 * ``features``: a slide's ``features`` array is created but its data are not written yet.
 * ``array``: after each array of a slide group is written (between arrays).
 * ``complete``: a slide's arrays and attrs are written, its ``complete`` mark is not.
+* ``written``: a slide is complete, the store's root attrs (feature dim/dtype, encoder) are not updated yet.
 * ``consolidate``: ``n_slides`` is updated, the store's metadata is not consolidated yet.
 
 Used by ``tests/test_hardening/test_crash_resume.py``.

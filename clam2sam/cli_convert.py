@@ -67,6 +67,8 @@ def _summary(console: Console, report, out: Path, report_path: Path) -> None:
         console.print(f"[yellow]skipped {n}:[/] {r}", highlight=False)
     for o in report.by_status("failed"):
         console.print(f"[bold red]failed:[/] {o.reason}", highlight=False)
+    for e in report.errors:
+        console.print(f"[bold red]error:[/] {e}", highlight=False)
     for w in report.warnings[:30]:
         console.print(f"[yellow]warning:[/] {w}", highlight=False)
     if len(report.warnings) > 30:
@@ -150,6 +152,8 @@ def command(archive: Path, out: Path, no_process_list: bool, slides, report_path
     if quiet:
         for o in report.by_status("failed"):
             console.print(f"[red]failed:[/] {o.reason}", highlight=False)
+        for e in report.errors:
+            console.print(f"[red]error:[/] {e}", highlight=False)
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
     return report.return_code

@@ -29,7 +29,7 @@ from clam2sam.errors import InputFormatError, StoreError, UsageError
 from clam2sam.ids import normalise_slide_id, slide_key
 from clam2sam.process_list import PROCESS_LIST_NAME, read_dataset_csv, read_mpp_csv, read_process_list
 from clam2sam.report import Report
-from clam2sam.store import StoreWriter
+from clam2sam.store import StoreWriter, write_error
 from clam2sam.urls import local_path
 
 REPORT_NAME = "convert_report.json"
@@ -207,10 +207,16 @@ def convert_cohort(options: ConvertOptions, segment_provider: SegmentProvider | 
     finally:
         try:
             writer.finalize()
+        except StoreError as e:  # disk full / permissions: complete slides stay readable; a re-run redoes it
+            report.error(str(e))
         finally:
             writer.close()
     report.outcomes.sort(key=lambda x: x.slide_id)
-    report.write_json(o.report_path or (o.out / REPORT_NAME))
+    rp = o.report_path or (o.out / REPORT_NAME)
+    try:
+        report.write_json(rp)
+    except OSError as e:
+        report.error(str(write_error(e, path=rp, what="cannot write the JSON report")))
     return report
 
 
@@ -223,9 +229,11 @@ def _record(o, writer: StoreWriter, report: Report, sid: str, status: str, res) 
             shutil.rmtree(o.out / schema.SLIDES_GROUP / slide_key(sid), ignore_errors=True)
             status, res = "error", e
         else:
-            writer.record_features(res.feature_dim, res.feature_dtype)
-            if res.encoder and not writer.root.attrs.get("encoder"):
-                writer.root.attrs["encoder"] = res.encoder
+            try:
+                writer.record_features(res.feature_dim, res.feature_dtype)
+                writer.set_encoder(res.encoder)
+            except StoreError as e:  # the slide is complete; the root attrs are recovered by finalize
+                report.error(str(e))
             for w in res.warnings:
                 report.warn(w)
             report.converted(sid, path=res.path, seconds=round(res.seconds, 3), n_patches=res.n_patches,

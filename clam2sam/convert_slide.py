@@ -121,6 +121,9 @@ def run_job(job: SlideJob, segment_provider: SegmentProvider | None = None) -> S
         maskset = segment_provider(sid, loaded.coords, ps, f.slide_path)
     elif use_pickle:
         maskset = load_segments_pickle(f.segments_pkl, sid, level_ds)
+        if maskset.n_masks == 0:
+            warns.append(f"slide {sid!r}: {f.segments_pkl}: the Segments pickle holds no masks: converted without "
+                         "segments (S = 0, every patch -1) -- regenerate the pickle if SAM should have found tissue")
     if maskset is not None:
         if ps is None:
             pps = maskset.provenance.get("image_info", {}).get("patch_size")

@@ -81,15 +81,22 @@ def _trident_cfg(root: Path, encoder: str | None) -> tuple[Path, Path, str] | No
 
 
 def _index(folder: Path | None, exts: tuple[str, ...], *, patches_suffix: bool = False,
-           dups: dict | None = None) -> dict[str, Path]:
-    """Map normalised slide id -> file for the files in ``folder`` with one of ``exts``."""
+           dups: dict | None = None, bad: list | None = None) -> dict[str, Path]:
+    """Map normalised slide id -> file for the files in ``folder`` with one of ``exts``.
+
+    Files whose name gives no slide id (e.g. `` .h5``) are left out and described in ``bad``."""
     out: dict[str, Path] = {}
     if folder is None or not folder.is_dir():
         return out
     for p in sorted(folder.iterdir()):
         if not p.is_file() or not p.name.lower().endswith(exts) or p.name.startswith("."):
             continue
-        sid = normalise_slide_id(p.name, strip_patches_suffix=patches_suffix)
+        try:
+            sid = normalise_slide_id(p.name, strip_patches_suffix=patches_suffix)
+        except InputFormatError as e:
+            if bad is not None:
+                bad.append(f"{p}: left out: {e.message} -- rename the file to <slide id>{p.suffix}")
+            continue
         if sid in out and dups is not None:
             dups.setdefault(sid, [str(out[sid])]).append(str(p))
             continue
@@ -159,21 +166,23 @@ def discover(archive: str | Path, *, layout: str | None = None, features_dir: st
             path=root, fix="point ARCHIVE at CLAM's --feat_dir, a TRIDENT job folder or a SAM-MIL feat_dir, "
                            "or name the folders with --features-dir/--pt-dir/--patches-dir and --layout")
     dups: dict[str, list[str]] = {}
+    bad: list[str] = []
     patches_suffix = found == "trident"
     idx = {
         "features_h5": _index(d["features_h5"], (".h5", ".hdf5"), dups=dups,
-                              patches_suffix=False),
-        "features_pt": _index(d["features_pt"], (".pt",), dups=dups),
-        "patches_h5": _index(d["patches_h5"], (".h5", ".hdf5"), patches_suffix=patches_suffix),
-        "sam_info_h5": _index(d["sam_info_h5"], (".h5", ".hdf5")),
-        "segments_pkl": _index(d["segments_pkl"], (".pkl",), dups=dups),
+                              patches_suffix=False, bad=bad),
+        "features_pt": _index(d["features_pt"], (".pt",), dups=dups, bad=bad),
+        "patches_h5": _index(d["patches_h5"], (".h5", ".hdf5"), patches_suffix=patches_suffix, bad=bad),
+        "sam_info_h5": _index(d["sam_info_h5"], (".h5", ".hdf5"), bad=bad),
+        "segments_pkl": _index(d["segments_pkl"], (".pkl",), dups=dups, bad=bad),
     }
     slide_files = index_slides_dir(P(slides_dir))
     ids = sorted(set(idx["features_h5"]) | set(idx["features_pt"]))
     slides = {}
     for sid in ids:
         slides[sid] = SlideFiles(sid, **{r: idx[r].get(sid) for r in ROLES}, slide_path=slide_files.get(sid))
-    disc = Discovery(root=root, layout=found, dirs=d, slides=slides, duplicates=dups, encoder=encoder)
+    disc = Discovery(root=root, layout=found, dirs=d, slides=slides, duplicates=dups, encoder=encoder,
+                     warnings=list(dict.fromkeys(bad)))
     if found in ("clam-fp", "clam-legacy", "sammil") and d["features_h5"] is not None and d["features_pt"] is None:
         disc.warnings.append(f"{root}: no pt_files/ folder: cannot tell whether feature extraction completed "
                              "(CLAM writes the .pt last)")

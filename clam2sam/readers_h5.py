@@ -6,6 +6,7 @@ Legacy CLAM coordinates (patch-level frame; an ``imgs`` dataset in the patches h
 """
 from __future__ import annotations
 
+import contextlib
 import pickle
 import warnings
 from dataclasses import dataclass, field
@@ -15,7 +16,7 @@ import h5py
 import numpy as np
 
 from clam2sam.discover import SlideFiles
-from clam2sam.errors import InputFormatError, LegacyFormatError
+from clam2sam.errors import Clam2SamError, InputFormatError, LegacyFormatError
 from clam2sam.safe_load import load_pt_array
 
 LEGACY_FLAG = "--legacy-downsample"
@@ -56,6 +57,20 @@ def _open(path: Path, slide: str) -> h5py.File:
                                fix="re-extract this slide, or remove the file (use --skip-errors to go on)") from e
 
 
+@contextlib.contextmanager
+def _guard(path: Path | None, slide: str):
+    """Turn any unexpected exception of a damaged file (h5py KeyError / RuntimeError, odd dtypes, ...) into an
+    InputFormatError naming the slide and the file; the project's own errors pass through."""
+    try:
+        yield
+    except Clam2SamError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a corrupt input may fail anywhere inside h5py / numpy / torch
+        raise InputFormatError(f"unreadable or corrupt file ({type(e).__name__}: {str(e)[:200]})", slide=slide,
+                               path=path, fix="re-extract this slide, or remove the file (use --skip-errors "
+                                              "to go on)") from e
+
+
 def _read(f: h5py.File, name: str, path: Path, slide: str) -> np.ndarray:
     try:
         return f[name][()]
@@ -85,7 +100,7 @@ def _read_patches(path: Path, slide: str, need_coords: bool
 
     CLAM writes these coords in (1, 2) chunks, so they are read only when the features lack coords.
     """
-    with _open(path, slide) as f:
+    with _guard(path, slide), _open(path, slide) as f:
         if "coords" not in f:
             raise InputFormatError("patches h5 has no 'coords' dataset", slide=slide, path=path,
                                    fix="pass the folder of create_patches_fp.py's patches/ with --patches-dir")
@@ -109,6 +124,17 @@ def _patch_size_from_attrs(a: dict) -> float | None:
 
 def read_slide_inputs(files: SlideFiles, *, layout: str, patch_size_level0: float | None = None,
                       legacy_downsample: float | None = None, expect_pt: bool = False) -> LoadedSlide:
+    """Read one slide's features + level-0 coords and validate them (see :func:`_read_slide_inputs`).
+
+    Any unexpected exception from a damaged file becomes an InputFormatError naming the slide and the file.
+    """
+    with _guard(files.features_h5 or files.features_pt, files.slide_id):
+        return _read_slide_inputs(files, layout=layout, patch_size_level0=patch_size_level0,
+                                  legacy_downsample=legacy_downsample, expect_pt=expect_pt)
+
+
+def _read_slide_inputs(files: SlideFiles, *, layout: str, patch_size_level0: float | None = None,
+                       legacy_downsample: float | None = None, expect_pt: bool = False) -> LoadedSlide:
     """Read one slide's features + level-0 coords and validate them.
 
     Args:
@@ -129,7 +155,7 @@ def read_slide_inputs(files: SlideFiles, *, layout: str, patch_size_level0: floa
     coord_attrs: dict = {}
     if files.features_h5 is not None:
         out.sources.append(("features_h5", files.features_h5))
-        with _open(files.features_h5, sid) as f:
+        with _guard(files.features_h5, sid), _open(files.features_h5, sid) as f:
             if "features" not in f:
                 raise InputFormatError(f"no 'features' dataset (has {list(f.keys())})", slide=sid,
                                        path=files.features_h5, fix="pass CLAM's h5_files/ (not patches/) folder")
@@ -142,7 +168,8 @@ def read_slide_inputs(files: SlideFiles, *, layout: str, patch_size_level0: floa
                 out.layout = "clam-legacy"
         if files.features_pt is not None:
             out.sources.append(("features_pt", files.features_pt))
-            pt = _peek_pt(files.features_pt, sid)
+            with _guard(files.features_pt, sid):
+                pt = _peek_pt(files.features_pt, sid)
             if pt.shape[0] != features.shape[0]:
                 raise InputFormatError(
                     f".pt has {pt.shape[0]} rows but the h5 has {features.shape[0]}", slide=sid,
@@ -196,7 +223,7 @@ def read_slide_inputs(files: SlideFiles, *, layout: str, patch_size_level0: floa
     group = (coords[:, 0] == -1) & (coords[:, 1] == -1) if coords.shape[0] == features.shape[0] else None
     if files.sam_info_h5 is not None:
         out.sources.append(("sam_info_h5", files.sam_info_h5))
-        with _open(files.sam_info_h5, sid) as f:
+        with _guard(files.sam_info_h5, sid), _open(files.sam_info_h5, sid) as f:
             if "is_group_feat" in f:
                 flag = _read(f, "is_group_feat", files.sam_info_h5, sid).astype(bool).reshape(-1)
                 if flag.shape[0] != features.shape[0]:

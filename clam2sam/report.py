@@ -22,6 +22,7 @@ class Outcome:
 class Report:
     outcomes: list[Outcome] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)   # run-level problems (store metadata / report not written)
 
     def converted(self, slide_id: str, **kw) -> None:
         self.outcomes.append(Outcome(slide_id, "converted", **kw))
@@ -35,18 +36,22 @@ class Report:
     def warn(self, msg: str) -> None:
         self.warnings.append(msg)
 
+    def error(self, msg: str) -> None:
+        """A problem outside any one slide (e.g. disk full while consolidating): the exit code becomes 1."""
+        self.errors.append(msg)
+
     def by_status(self, status: str) -> list[Outcome]:
         return [o for o in self.outcomes if o.status == status]
 
     @property
     def return_code(self) -> int:
-        return 1 if self.by_status("failed") else 0
+        return 1 if self.by_status("failed") or self.errors else 0
 
     def counts(self) -> dict[str, int]:
         return {s: len(self.by_status(s)) for s in ("converted", "skipped", "failed")}
 
     def to_dict(self) -> dict:
-        return {"counts": self.counts(), "warnings": list(self.warnings),
+        return {"counts": self.counts(), "warnings": list(self.warnings), "errors": list(self.errors),
                 "slides": [asdict(o) for o in self.outcomes]}
 
     def write_json(self, path: str | os.PathLike) -> None:

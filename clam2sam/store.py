@@ -111,11 +111,14 @@ class StoreWriter:
                                            path=self.path, fix="wait for the other conversion to finish")
             _clear_for_overwrite(self.path)
         if self.path.exists() and not (self.path / "zarr.json").exists() and any(
-                p.name not in (LOCK_NAME, *KEEP_ON_OVERWRITE) for p in self.path.iterdir()):
+                p.name not in KEEP_ON_OVERWRITE and not p.name.startswith(LOCK_NAME) for p in self.path.iterdir()):
             raise StoreExistsError("output exists and is not a clam2sam store", path=self.path,
                                    fix="choose another --out or delete it")
         if lock:
-            self._lock_path = acquire_lock(self.path, break_stale=break_stale_lock)
+            try:
+                self._lock_path = acquire_lock(self.path, break_stale=break_stale_lock)
+            except OSError as e:
+                raise write_error(e, path=self.path, what="cannot create the store") from e
         try:
             if (self.path / "zarr.json").exists():
                 self.root = zarr.open_group(str(self.path), mode="r+", use_consolidated=False)
@@ -140,6 +143,9 @@ class StoreWriter:
                 self._set_features(feature_dim, feature_dtype)
             if encoder and not self.root.attrs.get("encoder"):
                 self.root.attrs["encoder"] = encoder
+        except OSError as e:
+            self.close()
+            raise write_error(e, path=self.path, what="cannot create or open the store") from e
         except BaseException:
             self.close()
             raise
@@ -147,7 +153,10 @@ class StoreWriter:
     # -- state
     def record_features(self, dim: int, dtype) -> None:
         """Fix the store's feature dim/dtype (first call wins; used when workers write slides)."""
-        self._set_features(dim, dtype)
+        try:
+            self._set_features(dim, dtype)
+        except OSError as e:
+            raise write_error(e, path=self.path, what="cannot update the store's metadata") from e
 
     def _set_features(self, dim, dtype) -> None:
         a = self.root.attrs
@@ -157,16 +166,22 @@ class StoreWriter:
         if cur_dtype is None and dtype is not None:
             a["feature_dtype"] = str(np.dtype(dtype))
 
+    def set_encoder(self, encoder: str | None) -> None:
+        """Record the encoder name at the root when none is recorded yet."""
+        if encoder and not self.root.attrs.get("encoder"):
+            try:
+                self.root.attrs["encoder"] = encoder
+            except OSError as e:
+                raise write_error(e, path=self.path, what="cannot update the store's metadata") from e
+
     def slides_group(self):
         return self.root[schema.SLIDES_GROUP]
 
     def is_complete(self, slide_id: str) -> bool:
         p = self.path / schema.SLIDES_GROUP / slide_key(slide_id) / "zarr.json"
-        if not p.exists():
-            return False
         try:
             return bool(json.loads(p.read_text()).get("attributes", {}).get("complete"))
-        except ValueError:
+        except (OSError, ValueError, AttributeError):  # absent, unreadable, name too long, not a JSON object
             return False
 
     def check_compatible(self, slide_id: str, dim: int, dtype) -> None:
@@ -191,12 +206,32 @@ class StoreWriter:
         write_slide_group(self.path, s, clevel=self.clevel, codec=self.codec)
 
     def finalize(self) -> None:
-        """Record the number of complete slides and consolidate metadata (re-run after later writes)."""
-        self.root.attrs["n_slides"] = len(list_slide_keys(self.path, complete_only=True))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            maybe_die("consolidate")
-            zarr.consolidate_metadata(str(self.path))
+        """Record the number of complete slides and consolidate metadata (re-run after later writes).
+
+        Raises:
+            StoreError: the metadata cannot be written (disk full, ...); the store stays readable.
+        """
+        try:
+            keys = list_slide_keys(self.path, complete_only=True)
+            if keys and self.root.attrs.get("feature_dim") is None:
+                self._recover_features(keys[0])
+            self.root.attrs["n_slides"] = len(keys)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                maybe_die("consolidate")
+                zarr.consolidate_metadata(str(self.path))
+        except OSError as e:
+            raise write_error(e, path=self.path, what="cannot update the store's metadata") from e
+
+    def _recover_features(self, key: str) -> None:
+        """Feature dim/dtype/encoder from a complete slide, when a crash hit between a slide's completion and
+        the root update (the resumed run then skips every slide and would record nothing)."""
+        g = self.path / schema.SLIDES_GROUP / key
+        meta = json.loads((g / "features" / "zarr.json").read_text())
+        self._set_features(meta["shape"][1], meta["data_type"])
+        enc = json.loads((g / "zarr.json").read_text()).get("attributes", {}).get("encoder")
+        if enc and not self.root.attrs.get("encoder"):
+            self.root.attrs["encoder"] = enc
 
     def close(self) -> None:
         if self._lock_path is not None:
@@ -214,12 +249,33 @@ class StoreWriter:
         self.close()
 
 
+WRITE_FIX = ("free disk space or fix the output folder's permissions, then re-run the same command: it resumes "
+             "(complete slides are kept)")
+
+
+def write_error(e: OSError, *, path, slide: str | None = None, what: str = "cannot write to the store") -> StoreError:
+    """A StoreError for an OSError (disk full, permission denied, ...) naming the file and the fix."""
+    where = f": {e.filename}" if getattr(e, "filename", None) else ""
+    return StoreError(f"{what} ({e.strerror or type(e).__name__}{where})", slide=slide, path=path, fix=WRITE_FIX)
+
+
 def write_slide_group(store_path: str | os.PathLike, s: SlideArrays, *, clevel: int = 3,
                       codec: str = DEFAULT_CODEC) -> None:
-    """Write one slide group (usable from a worker process: touches only this slide's files)."""
-    store_path = Path(store_path)
-    key = slide_key(s.slide_id)
-    gdir = store_path / schema.SLIDES_GROUP / key
+    """Write one slide group (usable from a worker process: touches only this slide's files).
+
+    Raises:
+        StoreError: the slide cannot be written (disk full, permission denied): names the slide and its
+            group folder; the partial group is removed (best effort), the rest of the store is untouched.
+    """
+    gdir = Path(store_path) / schema.SLIDES_GROUP / slide_key(s.slide_id)
+    try:
+        _write_slide_group(gdir, s, clevel=clevel, codec=codec)
+    except OSError as e:
+        shutil.rmtree(gdir, ignore_errors=True)
+        raise write_error(e, path=gdir, slide=s.slide_id, what="cannot write the slide") from e
+
+
+def _write_slide_group(gdir: Path, s: SlideArrays, *, clevel: int, codec: str) -> None:
     if gdir.exists():  # incomplete or being overwritten: start clean
         shutil.rmtree(gdir)
     g = zarr.open_group(str(gdir), mode="w")
@@ -246,6 +302,7 @@ def write_slide_group(store_path: str | os.PathLike, s: SlideArrays, *, clevel: 
     g.attrs.update(attrs)
     maybe_die("complete")
     g.attrs["complete"] = True  # last write: marks the slide done
+    maybe_die("written")
 
 
 def _jsonable(v):

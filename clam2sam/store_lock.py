@@ -63,7 +63,7 @@ def _create(lock: Path, payload: str) -> None:
 
 
 def acquire_lock(path: Path, *, break_stale: bool = False) -> Path:
-    """Create ``<store>/.clam2sam.lock`` atomically (O_EXCL).
+    """Create ``<store>/.clam2sam.lock`` atomically, with its content (see ``_create``).
 
     Raises:
         StoreLockedError: another live process holds it, or a stale lock exists and ``break_stale`` is False.
@@ -83,7 +83,7 @@ def acquire_lock(path: Path, *, break_stale: bool = False) -> Path:
                     lock.unlink(missing_ok=True)
                     continue
                 raise StoreLockedError(
-                    "store lock file is unreadable (empty or not JSON), so its holder is unknown", path=lock,
+                    "store lock file is unreadable (empty or not a lock record), so its holder is unknown", path=lock,
                     fix="if no conversion is writing this store, re-run with --break-stale-lock to clear it")
             info = info or {}
             holder = f"pid {info.get('pid')} on {info.get('hostname')} since {info.get('created')}"

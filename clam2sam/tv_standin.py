@@ -43,7 +43,13 @@ def _upcast(t: torch.Tensor) -> torch.Tensor:
 
 
 def box_area(boxes: torch.Tensor) -> torch.Tensor:
-    """Areas of ``(N, 4)`` XYXY boxes -> ``(N,)``."""
+    """Areas of ``(N, 4)`` XYXY boxes -> ``(N,)``.
+
+    An empty 1-D tensor gives an empty result: SAM builds ``torch.tensor([])`` crop boxes when no crop
+    yields a mask, where torchvision raises an IndexError -- a slide without any mask is not an error.
+    """
+    if boxes.ndim == 1 and boxes.numel() == 0:
+        return torch.zeros(0, dtype=torch.float32, device=boxes.device)
     boxes = _upcast(boxes)
     return (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
 

@@ -53,7 +53,7 @@ def _opt_group(f):
         click.option("--area-unit", type=click.Choice(AREA_UNITS), default=d.area_unit, show_default=True,
                      help="Group area A_k: share of the slide's patches, or SAM-image pixels (reference)."),
         click.option("--sigmoid-a", type=float, default=None,
-                     help=f"Slope a of R = sigmoid(a*A + b). Default {DEFAULT_SIGMOID_A}."),
+                     help="Slope a of R = sigmoid(a*A + b). Default: 250 for patch-fraction, 5e-4 for sam-pixels."),
         click.option("--sigmoid-b", type=float, default=d.sigmoid_b, show_default=True, help="Shift b."),
         click.option("--group-by", type=click.Choice(GROUP_BY), default=d.group_by, show_default=True,
                      help="segment, or sam-area (reference: patches with equal relative_area)."),

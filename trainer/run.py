@@ -237,6 +237,12 @@ def run_fit(cfg: TrainConfig, console=None) -> dict:
     in_dim = open_store(cfg.store).feature_dim
     if not in_dim:
         raise UsageError("store root has no feature_dim", path=cfg.store, fix="re-run `clam2sam convert`")
+    if cfg.model == "sam-mil" and cfg.mask == "sam" and cfg.area_unit == "sam-pixels":
+        a = open_store(cfg.store).read_array(cohort.slide_ids[0], "segment_sam_area")
+        if a.size and not np.any(a):
+            raise UsageError("--area-unit sam-pixels but the store has no SAM-pixel areas (all 0)",
+                             slide=cohort.slide_ids[0], path=cfg.store,
+                             fix="use the default --area-unit patch-fraction")
     if cfg.splits_dir:
         splits = read_clam_splits(cfg.splits_dir, cohort.slide_ids)
     else:

@@ -293,3 +293,17 @@ def test_workers_run_sam_in_a_process_pool(env, tmp_path):
                          segment_provider=prov)
     assert rep.counts()["converted"] == 2, rep.to_dict()
     assert sorted(sam_cache.list_cached(out / "sam_cache")) == ["cmu_small_region", "pyr"]
+
+
+def test_no_mask_at_all_is_an_empty_result(env):
+    from clam2sam.sam_model import load_sam
+
+    loaded = load_sam("tiny", env["ckpt"], "cpu")
+    img = np.random.default_rng(0).integers(0, 255, (96, 64, 3), dtype=np.uint8)
+    params = SamParams(points_per_side=2, pred_iou_thresh=2.0, crop_n_layers=1)  # nothing passes
+    em, timing = sam_pass.generate_masks(loaded, img, params)
+    assert em.n_masks == 0 and timing["n_model_calls"] == 10
+    ms = em.to_maskset(sam_pass.slide_io.plan_geometry(sam_pass.slide_io.TissueBox(0, 0, 64, 96, "coords"),
+                                                       [(64, 96)]))
+    assert ms.masks.shape == (0, 96, 64)
+    assert assign_membership(np.zeros((3, 2), np.int64), 16, ms).segment_ids.tolist() == [-1, -1, -1]

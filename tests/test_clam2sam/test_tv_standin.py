@@ -151,3 +151,8 @@ def test_a_broken_torchvision_is_replaced(monkeypatch):
     from torchvision.ops.boxes import box_area
 
     assert box_area is tv.box_area
+
+
+def test_box_area_of_no_crop_boxes_is_empty():
+    """SAM builds torch.tensor([]) crop boxes when no crop yields a mask (torchvision would raise)."""
+    assert tv.box_area(torch.tensor([])).shape == (0,)

@@ -15,7 +15,8 @@ from ..test_clam2sam import archive_factory as af
 from ._helpers import REPO, assert_same_store, clam2sam_cmd, cli_env, cohort, consolidated_ok, store_snapshot
 
 # 11 arrays per slide, 3 slides: array:5 = slide s0 between arrays, array:14 = s1 after its 3rd array.
-KILL_POINTS = ["init:1", "features:2", "array:5", "array:14", "complete:3", "consolidate:1"]
+# written:3 = every slide complete, root attrs (feature_dim, dtype) not yet recorded.
+KILL_POINTS = ["init:1", "features:2", "array:5", "array:14", "complete:3", "written:3", "consolidate:1"]
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,6 @@ def _one_thread():
 
 @pytest.fixture(scope="session")
 def syn_store(tmp_path_factory):
-    """32 slides (16 tumor / 16 normal), ~80 patches each, D = 16."""
-    return make_synthetic_store(tmp_path_factory.mktemp("syn") / "cohort.zarr", n_slides=32, n_side=10, dim=16,
-                                signal=2.5, seed=3)
+    """64 slides (32 tumor / 32 normal), ~65 patches each, D = 16."""
+    return make_synthetic_store(tmp_path_factory.mktemp("syn") / "cohort.zarr", n_slides=64, n_side=9, dim=16,
+                                signal=3.0, seed=3)

@@ -46,7 +46,7 @@ def test_resume_gives_same_results_as_uninterrupted(syn_store, tmp_path, monkeyp
 
 
 def test_outputs_and_honest_threshold(syn_store, tmp_path):
-    res = run_fit(_cfg(syn_store, tmp_path / "r", model="abmil", max_epochs=2))
+    run_fit(_cfg(syn_store, tmp_path / "r", model="abmil", max_epochs=2))
     out = tmp_path / "r"
     for name in ("config.json", "splits.json", "results.json", "summary.md"):
         assert (out / name).is_file()
