@@ -4,7 +4,7 @@ Runs the same code path as ``clam2sam convert --sam-checkpoint`` (SamProvider: s
 cache write) on one real slide, with random-weight checkpoints written to a temporary folder (no real
 weights needed: a random vit_b / vit_h has exactly the compute of the real one).
 
-    .venv/bin/python bench/bench_sam.py                                  # tiny + vit_b on CPU
+    .venv/bin/python bench/bench_sam.py          # tiny (SAM-MIL defaults) + vit_b (one image, 64 points) on CPU
     .venv/bin/python bench/bench_sam.py --models vit_h --device cuda --slides a.svs b.svs --repeat 2
 
 Timing columns (seconds, per slide): ``read`` (open slide, read region, resize), ``model_s`` (image
@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -58,6 +59,7 @@ def bench_one(model_type: str, ckpt: Path, slide: Path, coords, ps, params: SamP
     rows = []
     for r in range(repeat):
         cache = workdir / f"cache_{model_type}_{r}"
+        shutil.rmtree(cache, ignore_errors=True)  # always a real SAM run
         prov = SamProvider(SamConfig(model_type=model_type, checkpoint=str(ckpt), device=device, params=params,
                                      slides_dir=str(slide.parent), cache_dir=str(cache), verbose=False))
         t0 = time.perf_counter()
@@ -69,7 +71,9 @@ def bench_one(model_type: str, ckpt: Path, slide: Path, coords, ps, params: SamP
         rows.append({
             "model_type": model_type, "device": ms.provenance["device"], "slide": slide.name, "repeat": r,
             "image": f"{ms.geometry.width}x{ms.geometry.height}", "masks": ms.n_masks,
-            "model_load": round(load, 3), "read": s["read_image"], "model_s": s["model"], "generate": s["generate"],
+            "model_load": round(load, 3), "read": s["read_image"], "model_s": s["model"], "encoder_s": s["encoder"],
+            "decoder_s": s["decoder"], "n_images": ms.provenance["n_images"], "n_batches": ms.provenance["n_batches"],
+            "generate": s["generate"],
             "cache": s.get("write_cache", 0.0), "total": round(total, 3),
             "outside": round(total - s["model"], 3), "outside_share": round((total - s["model"]) / total, 3),
             "cache_bytes": sam_cache.disk_bytes(cache), "dense_bytes": int(ms.masks.size),
@@ -84,9 +88,10 @@ def main(argv=None) -> int:
     ap.add_argument("--coords", type=Path, default=DEFAULT_COORDS, help="CLAM patches h5 for the first slide")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--repeat", type=int, default=1)
-    ap.add_argument("--points-per-side", type=int, default=32)
+    ap.add_argument("--points-per-side", type=int, default=None,
+                    help="default: SAM-MIL's 32, but 8 for the ViTs on CPU (one batch of 64 points)")
     ap.add_argument("--crop-n-layers", type=int, default=None,
-                    help="default: SAM-MIL's 1 for tiny, 0 for the ViTs on CPU (one image embedding)")
+                    help="default: SAM-MIL's 1, but 0 for the ViTs on CPU (one image embedding)")
     ap.add_argument("--thresh", type=float, default=0.6, help="pred_iou and stability thresholds (SAM-MIL: 0.6)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results_sam.json")
     ap.add_argument("--workdir", type=Path, default=None)
@@ -101,8 +106,10 @@ def main(argv=None) -> int:
             sam_model.save_random_checkpoint(mt, ckpt, seed=0)
             print(f"wrote random {mt} checkpoint ({ckpt.stat().st_size / 1e6:.0f} MB) in "
                   f"{time.perf_counter() - t:.1f} s", file=sys.stderr)
-        crop = a.crop_n_layers if a.crop_n_layers is not None else (1 if mt == "tiny" or a.device != "cpu" else 0)
-        params = replace(SamParams(), points_per_side=a.points_per_side, crop_n_layers=crop,
+        vit_on_cpu = mt != "tiny" and a.device == "cpu"
+        crop = a.crop_n_layers if a.crop_n_layers is not None else (0 if vit_on_cpu else 1)
+        pps = a.points_per_side if a.points_per_side is not None else (8 if vit_on_cpu else 32)
+        params = replace(SamParams(), points_per_side=pps, crop_n_layers=crop,
                          pred_iou_thresh=a.thresh, stability_score_thresh=a.thresh)
         for i, slide in enumerate(a.slides):
             coords, ps = coords_for(slide, a.coords if i == 0 else None)
@@ -113,8 +120,8 @@ def main(argv=None) -> int:
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-    cols = ("model_type", "device", "slide", "image", "masks", "model_load", "read", "model_s", "generate", "cache",
-            "total", "outside_share")
+    cols = ("model_type", "device", "slide", "image", "masks", "n_images", "n_batches", "read", "encoder_s",
+            "decoder_s", "generate", "cache", "total", "outside_share")
     print("| " + " | ".join(cols) + " |")
     print("|" + "---|" * len(cols))
     for r in rows:

@@ -127,9 +127,10 @@ def build_sam_provider(kwargs: dict, slides_dir=None, store=None) -> SamProvider
     if kwargs.get("segments_dir"):
         raise UsageError("both --segments-dir and --sam-checkpoint given",
                          fix="use the Segments pickles (drop --sam-checkpoint) or run SAM (drop --segments-dir)")
+    ctx = click.get_current_context(silent=True)
+    params_ = ctx.params if ctx is not None else {}
     if store is None:
-        ctx = click.get_current_context(silent=True)
-        store = ctx.params.get("out") if ctx is not None else None
+        store = params_.get("out")
     cache = vals["sam_cache"] or (Path(store) / "sam_cache" if store else None)
     params = SamParams(**{k: vals[k] for k in _PARAM_KEYS})
     try:
@@ -141,5 +142,6 @@ def build_sam_provider(kwargs: dict, slides_dir=None, store=None) -> SamProvider
                        device=vals["device"], params=params, seed=int(vals["sam_seed"]),
                        slides_dir=str(slides_dir), cache_dir=None if cache is None else os.fspath(cache),
                        contours_dir=None if vals["sam_contours_dir"] is None else str(vals["sam_contours_dir"]),
-                       workers=int(kwargs.get("workers") or 1), checkpoint_sha256=sha)
+                       workers=int(kwargs.get("workers") or 1), checkpoint_sha256=sha,
+                       verbose=not params_.get("quiet", False))
     return SamProvider(config)

@@ -117,8 +117,10 @@ def generate_masks(loaded: LoadedSam, image: np.ndarray, params: SamParams, seed
     """Run ``SamAutomaticMaskGenerator`` on one ``(H, W, 3)`` uint8 image.
 
     Returns:
-        The masks (SAM's RLE, column-major) and timings: ``model_s`` (image encoder + prompt encoder +
-        mask decoder calls), ``generate_s`` (the whole generator), ``n_model_calls``.
+        The masks (SAM's RLE, column-major) and timings: ``model_s`` = ``encoder_s`` (image encoder, one
+        call per crop image) + ``decoder_s`` (prompt encoder + mask decoder + mask upscaling, one call per
+        batch of points), ``generate_s`` (the whole generator), ``n_model_calls``, ``n_images``,
+        ``n_batches``.
     """
     from clam2sam.tv_standin import import_segment_anything
 
@@ -126,20 +128,24 @@ def generate_masks(loaded: LoadedSam, image: np.ndarray, params: SamParams, seed
     torch.manual_seed(seed)
     np.random.seed(seed % (2 ** 32))
     gen = sa.SamAutomaticMaskGenerator(loaded.model, output_mode="uncompressed_rle", **asdict(params))
-    timing = {"model_s": 0.0, "n_model_calls": 0}
+    timing = {"model_s": 0.0, "encoder_s": 0.0, "decoder_s": 0.0, "n_model_calls": 0, "n_images": 0,
+              "n_batches": 0}
     pred = gen.predictor
-    for name in ("set_image", "predict_torch"):
+    for name, part, count in (("set_image", "encoder_s", "n_images"), ("predict_torch", "decoder_s", "n_batches")):
         orig = getattr(pred, name)
 
-        def timed(*a, _orig=orig, **k):
+        def timed(*a, _orig=orig, _part=part, _count=count, **k):
             t = time.perf_counter()
             try:
                 return _orig(*a, **k)
             finally:
                 if str(loaded.device).startswith("cuda"):
                     torch.cuda.synchronize()
-                timing["model_s"] += time.perf_counter() - t
+                dt = time.perf_counter() - t
+                timing["model_s"] += dt
+                timing[_part] += dt
                 timing["n_model_calls"] += 1
+                timing[_count] += 1
         setattr(pred, name, timed)
     t0 = time.perf_counter()
     with torch.inference_mode():
@@ -217,8 +223,10 @@ class SamProvider:
             "device": loaded.device, "tissue_source": box.source, "resample": slide_io.RESAMPLE,
             "slide_path": str(path), "versions": package_versions(),
             "seconds": {"read_image": round(read_s, 4), "model": round(timing["model_s"], 4),
+                        "encoder": round(timing["encoder_s"], 4), "decoder": round(timing["decoder_s"], 4),
                         "generate": round(timing["generate_s"], 4), "model_load": round(loaded.load_seconds, 4)},
-            "n_model_calls": timing["n_model_calls"], "cached": False}
+            "n_model_calls": timing["n_model_calls"], "n_images": timing["n_images"],
+            "n_batches": timing["n_batches"], "cached": False}
         if c.cache_dir is not None:
             t_w = time.perf_counter()
             sam_cache.write_cache(c.cache_dir, slide_id, em, geometry=geom, provenance=prov, key=key,

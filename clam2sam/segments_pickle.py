@@ -14,7 +14,7 @@ from typing import Callable
 
 import numpy as np
 
-from clam2sam.errors import SegmentsError
+from clam2sam.errors import Clam2SamError, SegmentsError
 from clam2sam.masks import MaskSet, SamGeometry
 from clam2sam.safe_load import load_pickle
 
@@ -56,6 +56,17 @@ def load_segments_pickle(path: str | Path, slide_id: str,
     """
     path = Path(path)
     obj = load_pickle(path, slide=slide_id)
+    try:
+        return _parse_segments(obj, path, slide_id, level_downsample)
+    except Clam2SamError:
+        raise
+    except Exception as e:  # noqa: BLE001 - wrong types / shapes anywhere in an untrusted pickle
+        raise SegmentsError(f"malformed Segments pickle ({type(e).__name__}: {str(e)[:200]})", slide=slide_id,
+                            path=path, fix="regenerate it with SAM-MIL's 01_create_patches_and_sam_segment.py or "
+                                           "drop --segments-dir") from e
+
+
+def _parse_segments(obj, path: Path, slide_id: str, level_downsample) -> MaskSet:
     fix_regen = "regenerate it with SAM-MIL's 01_create_patches_and_sam_segment.py or drop --segments-dir"
     if not isinstance(obj, (list, tuple)) or not obj or not isinstance(obj[0], dict):
         raise SegmentsError("not a Segments pickle: expected a list [image_info, mask records...]",

@@ -143,7 +143,7 @@ def h5_contents(draw):
         if dt.kind == "f" and arr.size and draw(st.booleans()):
             arr.flat[draw(st.integers(0, arr.size - 1))] = draw(st.sampled_from([np.nan, np.inf, -1e30, -1]))
         if dt.kind in "iu" and arr.size:
-            arr = arr * np.asarray(draw(st.sampled_from([-1, 1, 7, 127])), dtype=dt)
+            arr = (arr.astype(np.int64) * draw(st.sampled_from([-1, 1, 7, 127]))).astype(dt)
         attrs = draw(st.dictionaries(st.sampled_from(["patch_size", "patch_level", "downsample", "patch_size_level0",
                                                       "encoder", "level_dim", "target_magnification"]),
                                      st.one_of(st.integers(-3, 600), st.floats(allow_nan=True, allow_infinity=True),
