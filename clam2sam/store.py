@@ -121,8 +121,13 @@ class StoreWriter:
                 raise write_error(e, path=self.path, what="cannot create the store") from e
         try:
             if (self.path / "zarr.json").exists():
-                self.root = zarr.open_group(str(self.path), mode="r+", use_consolidated=False)
-                a = dict(self.root.attrs)
+                try:
+                    self.root = zarr.open_group(str(self.path), mode="r+", use_consolidated=False)
+                    a = dict(self.root.attrs)
+                except Exception as e:  # noqa: BLE001 - damaged root metadata (zarr raises many types)
+                    raise StoreError(f"corrupt store metadata ({type(e).__name__}: {str(e)[:120]})",
+                                     path=self.path / "zarr.json",
+                                     fix="convert into a new store, or pass --overwrite to start again") from e
                 if a.get("schema_version") != schema.SCHEMA_VERSION:
                     raise StoreError(f"store has schema_version {a.get('schema_version')}, this tool writes "
                                      f"{schema.SCHEMA_VERSION}", path=self.path,
@@ -335,12 +340,32 @@ def list_slide_keys(store_path: str | os.PathLike, *, complete_only: bool = True
             continue
         if complete_only:
             try:
-                if not json.loads(zj.read_text()).get("attributes", {}).get("complete"):
+                if not _json_attrs(zj).get("complete"):
                     continue
-            except ValueError:
+            except StoreError:
                 continue
         out.append(p.name)
     return out
+
+
+def _json_attrs(zj: Path, slide: str | None = None) -> dict:
+    """The ``attributes`` of a group's ``zarr.json``.
+
+    Raises:
+        FileNotFoundError: no such file. StoreError: unreadable, not JSON, or not a zarr group document.
+    """
+    try:
+        meta = json.loads(zj.read_text())
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError) as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise StoreError(f"corrupt metadata ({type(e).__name__}: {str(e)[:120]})", slide=slide, path=zj,
+                         fix="the store is damaged: re-convert (a re-run redoes slides whose metadata is bad)") from e
+    attrs = meta.get("attributes", {}) if isinstance(meta, dict) else None
+    if not isinstance(attrs, dict):
+        raise StoreError("corrupt metadata (not a zarr group document)", slide=slide, path=zj,
+                         fix="the store is damaged: re-convert (a re-run redoes slides whose metadata is bad)")
+    return attrs
 
 
 # ---------------------------------------------------------------------------------------------- reader
@@ -354,10 +379,7 @@ class StoreReader:
         if not zj.exists():
             raise StoreError("not a clam2sam store (no zarr.json)", path=self.path,
                              fix="run `clam2sam convert ... --out STORE` first")
-        try:
-            self.attrs = json.loads(zj.read_text()).get("attributes", {})
-        except ValueError as e:
-            raise StoreError(f"corrupt root metadata ({e})", path=zj, fix="re-run the conversion") from e
+        self.attrs = _json_attrs(zj)
         v = self.attrs.get("schema_version")
         if v != schema.SCHEMA_VERSION:
             raise StoreError(f"store schema_version {v!r}, this tool reads {schema.SCHEMA_VERSION}",
@@ -379,12 +401,16 @@ class StoreReader:
         if not (gdir / "zarr.json").exists():
             raise StoreError("slide not in store", slide=slide_id, path=self.path,
                              fix="list slides with `clam2sam inspect STORE`")
-        return zarr.open_group(str(gdir), mode="r", use_consolidated=False)
+        try:
+            return zarr.open_group(str(gdir), mode="r", use_consolidated=False)
+        except Exception as e:  # noqa: BLE001 - damaged group metadata
+            raise StoreError(f"corrupt slide group ({type(e).__name__}: {str(e)[:120]})", slide=slide_id,
+                             path=gdir, fix="the store is damaged: re-convert this slide") from e
 
     def slide_attrs(self, slide_id: str) -> dict:
         p = self.path / schema.SLIDES_GROUP / slide_key(slide_id) / "zarr.json"
         try:
-            return json.loads(p.read_text()).get("attributes", {})
+            return _json_attrs(p, slide_id)
         except FileNotFoundError as e:
             raise StoreError("slide not in store", slide=slide_id, path=self.path) from e
 
@@ -410,7 +436,17 @@ class StoreReader:
         data = {n: self.read_array(slide_id, n) for n in names}
         for n in schema.ALL_ARRAYS:
             data.setdefault(n, np.zeros(0))
-        return SlideArrays(slide_id=slide_id, attrs=attrs, **data)
+        s = SlideArrays(slide_id=slide_id, attrs=attrs, **data)
+        if arrays is None:
+            try:
+                s.validate()
+                if s.n_patches != attrs.get("n_patches"):
+                    raise StoreError(f"{s.n_patches} feature rows but n_patches = {attrs.get('n_patches')!r}")
+            except Exception as e:  # noqa: BLE001 - arrays that disagree: a damaged store
+                msg = e.message if isinstance(e, StoreError) else f"{type(e).__name__}: {e}"
+                raise StoreError(f"inconsistent arrays ({msg})", slide=slide_id, path=self.path,
+                                 fix="the store is damaged: re-convert this slide") from e
+        return s
 
 
 def open_store(path: str | os.PathLike) -> StoreReader:

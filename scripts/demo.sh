@@ -10,10 +10,10 @@ PY=${PYTHON:-python3}
 export PATH="$PWD/.venv/bin:$PATH"
 OUT=demo_out
 rm -rf "$OUT"; mkdir -p "$OUT"
-clam2sam convert fixtures/demo --segments-dir fixtures/demo/segments --labels fixtures/demo/dataset.csv \
+clam2sam convert fixtures/demo --segments-dir fixtures/demo/segments --dataset-csv fixtures/demo/dataset.csv \
     --out "$OUT/demo.zarr"
 clam2sam inspect "$OUT/demo.zarr"
 clam2sam inspect "$OUT/demo.zarr" --check
 clam2sam inspect "$OUT/demo.zarr" --plot "$OUT/pictures" --max-slides 4
-samtrain fit "$OUT/demo.zarr" --out "$OUT/run_sammil" --model sam-mil --folds 3 --max-epochs 15 --seed 0
+samtrain fit "$OUT/demo.zarr" --out "$OUT/run_sammil" --model sam-mil --folds 3 --max-epochs 15 --lr 1e-3 --seed 0
 echo "Demo finished: store $OUT/demo.zarr, pictures $OUT/pictures, run $OUT/run_sammil (results.json)" >&2

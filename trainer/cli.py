@@ -41,3 +41,7 @@ def main(argv=None) -> None:
     from clam2sam.cli import run_cli
 
     run_cli(cli, argv)
+
+
+if __name__ == "__main__":  # python -m trainer.cli / torchrun -m trainer.cli
+    main()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import click
 
@@ -100,6 +101,9 @@ def _opt_group(f):
         click.option("--cache/--no-cache", default=d.cache, show_default=True,
                      help="Keep bags in RAM after their first read."),
         click.option("--device", default=d.device, show_default=True, help="auto | cpu | cuda[:i]"),
+        click.option("--ddp/--no-ddp", default=None,
+                     help="DistributedDataParallel across the processes torchrun started (default: on when "
+                          "launched by torchrun with WORLD_SIZE > 1). See docs/cluster.md."),
         click.option("--resume/--no-resume", default=d.resume, show_default=True),
         click.option("--overwrite", is_flag=True, help="Delete an existing run in --out first."),
         click.option("-q", "--quiet", is_flag=True, help="No progress bars."),
@@ -123,7 +127,7 @@ def _list_models(ctx, _param, value):
 @_opt_group
 @click.option("--list-models", is_flag=True, is_eager=True, expose_value=False, callback=_list_models,
               help="List registered models and exit.")
-def fit(store, as_json, reference_sigmoid, classes, **kw):
+def fit(store, as_json, reference_sigmoid, classes, ddp, **kw):
     """Train and evaluate a MIL model on STORE with stratified, case-grouped cross-validation.
 
     Model selection, early stopping and the decision threshold use a validation split carved from each
@@ -139,7 +143,9 @@ def fit(store, as_json, reference_sigmoid, classes, **kw):
                   sigmoid_b=DEFAULT_SIGMOID_B, mask_ratio=0.9)
     cfg = TrainConfig(store=store, classes=[c.strip() for c in classes.split(",")] if classes else None, **kw)
     console = Console(stderr=True)
-    results = run_fit(cfg, console=console)
+    results = run_fit(cfg, console=console, ddp=ddp)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return  # under torchrun only rank 0 reports
     console.print(summary_table(results), markup=False, highlight=False)
     console.print(f"results: {cfg.out}/results.json", markup=False, highlight=False)
     if as_json:

@@ -117,7 +117,7 @@ def render_heatmap(coords: np.ndarray, values: np.ndarray, patch_size: float, *,
         lo, hi = coords.min(0), coords.max(0) + patch_size
         origin, extent = (float(lo[0]), float(lo[1])), (float(hi[0] - lo[0]), float(hi[1] - lo[1]))
     scale = max_size / max(extent)
-    canvas = (max(1, int(math.ceil(extent[0] * scale))), max(1, int(math.ceil(extent[1] * scale))))
+    canvas = (max(1, int(math.ceil(extent[0] * scale - 1e-6))), max(1, int(math.ceil(extent[1] * scale - 1e-6))))
     g = Geometry(origin, scale, canvas)
     W, H = canvas
     boxes = _patch_boxes(coords, patch_size, g)
@@ -133,7 +133,7 @@ def render_heatmap(coords: np.ndarray, values: np.ndarray, patch_size: float, *,
     if segment_ids is not None:
         lab = _paint(boxes, np.asarray(segment_ids, np.int64), (H, W), -2)
         rgb[outline_mask(lab)] = outline_rgb
-    img = Image.new("RGB", (MARGIN + W + GAP + BAR_W + LABEL_W, TITLE_H + max(H, 60) + MARGIN), "white")
+    img = Image.new("RGB", (MARGIN + W + GAP + BAR_W + LABEL_W, TITLE_H + max(H, 60) + MARGIN + 12), "white")
     img.paste(Image.fromarray(rgb.round().astype(np.uint8)), (MARGIN, TITLE_H))
     _colour_bar(img, cmap, MARGIN + W + GAP, TITLE_H, max(H, 60), bar_label, norm, values)
     font = ImageFont.load_default()

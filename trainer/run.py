@@ -36,6 +36,7 @@ from clam2sam.store import open_store
 from trainer.checkpoint import load_checkpoint, save_checkpoint, set_rng_state
 from trainer.config import TrainConfig
 from trainer.data import BagDataset, Cohort, collate_one, load_cohort
+from trainer.distributed import SINGLE, DistContext, init_from_env
 from trainer.loop import evaluate, train_one_epoch
 from trainer.metrics import evaluate_fold, mean_std, safe_auc
 from trainer.models import build_model
@@ -138,13 +139,18 @@ def _score(cfg: TrainConfig, val_auc: float, val_loss: float) -> tuple:
 # ------------------------------------------------------------------------------------------- a fold
 
 def run_fold(cfg: TrainConfig, cohort: Cohort, split: Split, in_dim: int, device, fold_dir: Path,
-             progress=None) -> dict:
-    """Train one fold with early stopping on validation; evaluate the best model on test."""
+             progress=None, ctx: DistContext = SINGLE) -> dict:
+    """Train one fold with early stopping on validation; evaluate the best model on test.
+
+    Under torchrun (``ctx``, see trainer/distributed.py) ranks share the training bags and the evaluation,
+    and only rank 0 writes files.
+    """
     progress = progress or NullProgress()
     fold_dir.mkdir(parents=True, exist_ok=True)
     done = fold_dir / "done.json"
-    if done.exists() and cfg.resume:
-        return json.loads(done.read_text())
+    finished = ctx.rank0_call(lambda: json.loads(done.read_text()) if done.exists() and cfg.resume else None)
+    if finished is not None:
+        return finished
     y = cohort.y
     C = len(cohort.classes)
     ds = {p: BagDataset(cfg.store, [cohort.slide_ids[i] for i in getattr(split, p)], y[getattr(split, p)],
@@ -157,60 +163,69 @@ def run_fold(cfg: TrainConfig, cohort: Cohort, split: Split, in_dim: int, device
                  if cfg.scheduler == "cosine" else None)
     st = {"next_epoch": 0, "best": None, "best_epoch": -1, "bad_epochs": 0, "history": [], "stopped": False}
     last = fold_dir / "last.pt"
-    if last.exists() and cfg.resume:
-        ck = load_checkpoint(last)
+    ck = ctx.rank0_call(lambda: load_checkpoint(last) if last.exists() and cfg.resume else None)
+    if ck is not None:
         model.load_state_dict(ck["model"])
         optimizer.load_state_dict(ck["optimizer"])
         if scheduler is not None and "scheduler" in ck:
             scheduler.load_state_dict(ck["scheduler"])
         st = ck["extra"]["state"]
         set_rng_state(ck["rng"])
-    val_loader = _loader(ds["val"], cfg)
+    val_loader = _loader(ds["val"], cfg, ctx.eval_indices(len(ds["val"])))
+    train_model = ctx.wrap(model)  # DDP under torchrun (broadcasts rank 0's parameters)
     cfg_dict = cfg.to_dict()
     extra_common = {"classes": cohort.classes, "split": split.name, "in_dim": in_dim}
     progress.start_fold(split.name, cfg.max_epochs, st["next_epoch"], len(ds["train"]))
     epoch = st["next_epoch"]
     while epoch < cfg.max_epochs and not st["stopped"]:
         order = torch.randperm(len(ds["train"]), generator=torch.Generator().manual_seed(fseed * 1000 + epoch))
-        tr = train_one_epoch(model, _loader(ds["train"], cfg, order.tolist(), fseed + epoch), optimizer, device,
-                             accumulate=cfg.batch_size, on_step=progress.step)
+        tr_loader = _loader(ds["train"], cfg, ctx.train_sampler(order.tolist()), fseed + epoch)
+        tr = train_one_epoch(train_model, tr_loader, optimizer, device, accumulate=ctx.accumulate(cfg.batch_size),
+                             on_step=progress.step)
+        tr = ctx.reduce_train_stats(tr, len(tr_loader))
         lr = optimizer.param_groups[0]["lr"]
         if scheduler is not None:
             scheduler.step()
-        val = evaluate(model, val_loader, device)
+        val = ctx.gather_predictions(evaluate(model, val_loader, device), len(ds["val"]))
         val_auc = safe_auc(val.y, val.prob)
         score = _score(cfg, val_auc, val.loss)
         improved = st["best"] is None or tuple(score) > tuple(st["best"])
         if improved:
             st["best"], st["best_epoch"], st["bad_epochs"] = list(score), epoch, 0
-            save_checkpoint(fold_dir / "best.pt", model=model, optimizer=optimizer, config=cfg_dict, epoch=epoch,
-                            extra={**extra_common, "val_auc": val_auc, "val_loss": val.loss}, with_rng=False)
+            if ctx.is_main:
+                save_checkpoint(fold_dir / "best.pt", model=model, optimizer=optimizer, config=cfg_dict,
+                                epoch=epoch, extra={**extra_common, "val_auc": val_auc, "val_loss": val.loss},
+                                with_rng=False)
         else:
             st["bad_epochs"] += 1
         st["history"].append({"epoch": epoch, "lr": lr, **tr, "val_loss": val.loss, "val_auc": val_auc,
                               "improved": int(improved)})
         st["stopped"] = st["bad_epochs"] >= cfg.patience and epoch + 1 >= cfg.min_epochs
         st["next_epoch"] = epoch + 1
-        _write_metrics_csv(fold_dir / "metrics.csv", st["history"])
-        save_checkpoint(last, model=model, optimizer=optimizer, scheduler=scheduler, config=cfg_dict,
-                        epoch=epoch, extra={**extra_common, "state": st})
+        if ctx.is_main:
+            _write_metrics_csv(fold_dir / "metrics.csv", st["history"])
+            save_checkpoint(last, model=model, optimizer=optimizer, scheduler=scheduler, config=cfg_dict,
+                            epoch=epoch, extra={**extra_common, "state": st})
         progress.end_epoch(epoch, val_auc, st["best_epoch"])
         epoch += 1
 
     # final evaluation of the model selected on validation
-    best = load_checkpoint(fold_dir / "best.pt")
+    ctx.verify_in_sync(model, f"training fold {split.name}")  # DDP: identical parameters on every rank
+    best = ctx.rank0_call(load_checkpoint, fold_dir / "best.pt")
     model.load_state_dict(best["model"])
-    val = evaluate(model, val_loader, device)
-    test = evaluate(model, _loader(ds["test"], cfg), device)
+    val = ctx.gather_predictions(evaluate(model, val_loader, device), len(ds["val"]))
+    test_loader = _loader(ds["test"], cfg, ctx.eval_indices(len(ds["test"])))
+    test = ctx.gather_predictions(evaluate(model, test_loader, device), len(ds["test"]))
     res = evaluate_fold(val.y, val.prob, test.y, test.prob)
     res.update({"split": split.name, "repeat": split.repeat, "fold": split.fold, "best_epoch": best["epoch"],
                 "epochs_run": st["next_epoch"], "early_stopped": bool(st["stopped"]),
                 "n_train": len(ds["train"]), "n_val": len(ds["val"]), "n_test": len(ds["test"]),
                 "train_seconds": float(sum(h.get("train_seconds", 0.0) for h in st["history"]))})
-    _write_predictions(fold_dir / "predictions.csv", {"val": val, "test": test}, cohort.classes)
-    tmp = done.with_name("done.json.tmp")
-    tmp.write_text(json.dumps(res, indent=2) + "\n")
-    os.replace(tmp, done)
+    if ctx.is_main:
+        _write_predictions(fold_dir / "predictions.csv", {"val": val, "test": test}, cohort.classes)
+        tmp = done.with_name("done.json.tmp")
+        tmp.write_text(json.dumps(res, indent=2) + "\n")
+        os.replace(tmp, done)
     return res
 
 
@@ -230,8 +245,21 @@ def summarise(folds: list[dict]) -> dict:
     return out
 
 
-def run_fit(cfg: TrainConfig, console=None) -> dict:
-    """Run the whole protocol; returns the results dict also written to ``results.json``."""
+def run_fit(cfg: TrainConfig, console=None, ddp: bool | None = None) -> dict:
+    """Run the whole protocol; returns the results dict also written to ``results.json``.
+
+    Args:
+        ddp: None: DistributedDataParallel when launched by torchrun (WORLD_SIZE > 1); True: require
+            torchrun (``samtrain fit --ddp``); False: never. See trainer/distributed.py.
+    """
+    ctx = SINGLE if ddp is False else init_from_env(cfg.device, require=bool(ddp))
+    try:
+        return _run_fit(cfg, console, ctx)
+    finally:
+        ctx.close()
+
+
+def _run_fit(cfg: TrainConfig, console, ctx: DistContext) -> dict:
     cfg = cfg.resolve()
     cohort = load_cohort(cfg.store, cfg.labels, cfg.classes)
     in_dim = open_store(cfg.store).feature_dim
@@ -250,28 +278,31 @@ def run_fit(cfg: TrainConfig, console=None) -> dict:
                                 val_frac=cfg.val_frac, seed=cfg.seed)
     for s in splits:
         check_no_case_leak(s, cohort.case_ids)
-    resumed = prepare_out_dir(cfg)
+    resumed = ctx.rank0_call(prepare_out_dir, cfg)
     out = Path(cfg.out)
-    write_splits(out / "splits.json", splits, cohort)
-    device = pick_device(cfg.device)
+    if ctx.is_main:
+        write_splits(out / "splits.json", splits, cohort)
+    device = ctx.device() or pick_device(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     t0 = time.perf_counter()
     folds = []
-    with make_progress(cfg, len(splits), console) as progress:
+    with (make_progress(cfg, len(splits), console) if ctx.is_main else NullProgress()) as progress:
         for s in splits:
-            folds.append(run_fold(cfg, cohort, s, int(in_dim), device, out / f"fold_{s.name}", progress))
+            folds.append(run_fold(cfg, cohort, s, int(in_dim), device, out / f"fold_{s.name}", progress, ctx=ctx))
             progress.end_fold(folds[-1])
     results = {"config": cfg.to_dict(), "classes": cohort.classes, "n_slides": len(cohort.slide_ids),
                "class_counts": {c: int((cohort.y == i).sum()) for i, c in enumerate(cohort.classes)},
                "store_digest": zlib.crc32("\n".join(cohort.slide_ids).encode()), "resumed": resumed,
                "folds": folds, "summary": summarise(folds), "wall_seconds": time.perf_counter() - t0,
+               "distributed": {"world_size": ctx.world_size, "backend": ctx.backend},
                "notes": {"test": "threshold chosen on the validation split (honest)",
                          "test_optimistic": "threshold chosen on the test fold itself (optimistic; only for "
                                             "comparison with published numbers)"}}
-    tmp = out / "results.json.tmp"
-    tmp.write_text(json.dumps(results, indent=2, allow_nan=True) + "\n")
-    os.replace(tmp, out / "results.json")
-    table = summary_table(results)
-    (out / "summary.md").write_text(table + "\n")
+    if ctx.is_main:  # written once, by rank 0
+        tmp = out / "results.json.tmp"
+        tmp.write_text(json.dumps(results, indent=2, allow_nan=True) + "\n")
+        os.replace(tmp, out / "results.json")
+        table = summary_table(results)
+        (out / "summary.md").write_text(table + "\n")
     return results

@@ -135,3 +135,17 @@ def test_cache_beside_slide_groups_keeps_the_store_valid(tmp_path):
     assert r.slide_ids() == ["s1"]
     assert "sam_cache" not in json.dumps(json.loads((store / "zarr.json").read_text()).get("consolidated_metadata"))
     assert sc.list_cached(store / "sam_cache") == ["s1"]
+
+
+def test_overwrite_keeps_the_cache(tmp_path):
+    store = tmp_path / "c.zarr"
+    f = np.zeros((3, 4), np.float32)
+    with StoreWriter(store) as w:
+        w.write_slide(SlideArrays.from_partition("s1", f, np.zeros((3, 2)), np.array([0, 0, -1])))
+        sc.write_cache(sc.default_cache_dir(store), "s1", sc.from_sam_records(_records(_smooth_masks()), 40, 60),
+                       geometry=GEOM, provenance={}, key="k")
+        w.finalize()
+    with StoreWriter(store, overwrite=True) as w:
+        w.finalize()
+    assert open_store(store).slide_ids() == []          # slides gone
+    assert sc.lookup(store / "sam_cache", "s1", "k")    # SAM results kept

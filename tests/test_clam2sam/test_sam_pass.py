@@ -264,7 +264,6 @@ def test_provider_is_picklable_and_spreads_gpus(env, monkeypatch):
 
 
 def test_min_mask_region_area_needs_opencv():
-    pytest.importorskip("numpy")
     try:
         import cv2  # noqa: F401
         pytest.skip("OpenCV installed")

@@ -1,0 +1,214 @@
+"""Section 1 -- convert speed and memory against a plain h5py read of the same features (same run).
+
+Every measurement runs in its own subprocess (``python bench/bench_convert.py _child ...``) so that peak
+RSS is that of the converting process(es) alone: the child reports ``getrusage`` of itself and of its
+waited-for worker processes, and the parent samples the summed RSS of the whole process tree.
+
+    python bench/bench_convert.py --archive /tmp/c2s_bench_large --subset 10 --repeats 3
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench._common import PY, Ctx, Section, emit, fmt, md_table, median, run_measured  # noqa: E402
+
+CONFIGS = [("zstd", 1, True), ("zstd", 2, True), ("lz4", 1, True), ("lz4", 2, True), ("none", 1, True),
+           ("none", 2, True), ("zstd", 1, False)]      # (codec, workers, checksums)
+QUICK_CONFIGS = [("zstd", 1, True)]
+SELF = str(Path(__file__).resolve())
+
+
+# ------------------------------------------------------------------------------------------ children
+
+def _child_h5read(archive: Path, slides: list[str]) -> None:
+    import h5py
+
+    t = time.perf_counter()
+    nbytes = 0
+    for sid in slides:
+        with h5py.File(archive / "h5_files" / f"{sid}.h5", "r") as f:
+            x = f["features"][...]                      # (N, D) float32, one read
+            nbytes += x.nbytes
+            del x
+    emit({"seconds": time.perf_counter() - t, "feature_bytes": nbytes})
+
+
+def _child_convert(archive: Path, out: Path, slides: list[str], codec: str, workers: int, checksums: bool,
+                   clevel: int) -> None:
+    t0 = time.perf_counter()
+    import torch  # noqa: F401 - imported lazily by the pt reader; a one-off cost kept out of the timing
+
+    from clam2sam.convert import ConvertOptions, convert_cohort
+
+    t = time.perf_counter()
+    imports = t - t0
+    rep = convert_cohort(ConvertOptions(
+        archive=str(archive), out=str(out), segments_dir=str(archive / "segments"),
+        dataset_csv=str(archive / "dataset.csv"), slides=tuple(slides), workers=workers, codec=codec,
+        clevel=clevel, checksums=checksums, overwrite=True))
+    secs = time.perf_counter() - t
+    if rep.return_code != 0:
+        raise SystemExit(f"convert failed: {rep}")
+    emit({"seconds": secs, "import_s": imports, "report": str(rep)})
+
+
+def _child_idle() -> None:
+    import torch  # noqa: F401 - same imports as the converter child, nothing else
+
+    import clam2sam.convert  # noqa: F401
+
+    emit({"seconds": 0.0})
+
+
+# ------------------------------------------------------------------------------------------ parent
+
+def slide_sizes(archive: Path) -> dict[str, int]:
+    """slide id -> feature bytes (from the h5 dataset shapes, no data read)."""
+    import h5py
+
+    out = {}
+    for p in sorted((archive / "h5_files").glob("*.h5")):
+        with h5py.File(p, "r") as f:
+            d = f["features"]
+            out[p.stem] = int(d.shape[0]) * int(d.shape[1]) * d.dtype.itemsize
+    return out
+
+
+def warm_cache(archive: Path, slides: list[str]) -> float:
+    """Read every source file of ``slides`` once (page cache warm for every variant alike)."""
+    t = time.perf_counter()
+    for sid in slides:
+        for p in (archive / "h5_files" / f"{sid}.h5", archive / "pt_files" / f"{sid}.pt",
+                  archive / "segments" / f"{sid}.pkl", archive / "patches" / f"{sid}.h5"):
+            if p.is_file():
+                with p.open("rb") as f:
+                    while f.read(1 << 24):
+                        pass
+    return time.perf_counter() - t
+
+
+def _h5(archive, slides):
+    return run_measured([PY, SELF, "_child", "h5read", str(archive), *slides])
+
+
+def _conv(archive, out, slides, codec, workers, checksums, clevel=3):
+    shutil.rmtree(out, ignore_errors=True)
+    r = run_measured([PY, SELF, "_child", "convert", str(archive), str(out), codec, str(workers),
+                      "1" if checksums else "0", str(clevel), *slides])
+    r["store_bytes"] = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+    shutil.rmtree(out, ignore_errors=True)
+    return r
+
+
+def _label(codec, workers, checksums):
+    return f"{codec}{' (clevel 3)' if codec == 'zstd' else ''}, {workers} worker{'s' if workers > 1 else ''}" + \
+        ("" if checksums else ", --no-checksums")
+
+
+def run(ctx: Ctx, *, subset: int = 10, full: bool = True) -> Section:
+    archive = ctx.large_dir
+    sizes = slide_sizes(archive)
+    all_ids = sorted(sizes)
+    sub = all_ids[:3] if ctx.quick else all_ids[:subset]
+    configs = QUICK_CONFIGS if ctx.quick else CONFIGS
+    reps = 1 if ctx.quick else ctx.repeats
+    store = ctx.work / "bench_convert.zarr"
+    ctx.work.mkdir(parents=True, exist_ok=True)
+    ctx.log(f"[convert] {len(sub)} slides, {sum(sizes[s] for s in sub) / 1e6:.0f} MB features; warming cache")
+    warm_cache(archive, sub)
+    idle = run_measured([PY, SELF, "_child", "idle"])
+    runs = {"h5py": []} | {c: [] for c in configs}
+    for r in range(reps):
+        runs["h5py"].append(_h5(archive, sub))
+        ctx.log(f"[convert] repeat {r + 1}/{reps} h5py read {runs['h5py'][-1]['seconds']:.2f} s")
+        for c in configs:
+            runs[c].append(_conv(archive, store, sub, *c))
+            ctx.log(f"[convert] repeat {r + 1}/{reps} {_label(*c)}: {runs[c][-1]['seconds']:.2f} s")
+    feat_mb = sum(sizes[s] for s in sub) / 1e6
+    largest_mb = max(sizes[s] for s in sub) / 1e6
+    base = median([x["seconds"] for x in runs["h5py"]])
+    rows, data = [], {"slides": len(sub), "feature_mb": feat_mb, "largest_slide_mb": largest_mb,
+                      "idle_rss_mb": idle["self_peak_rss_mb"], "configs": {}}
+    rows.append(["h5py read of `features` (baseline)", fmt(base), fmt(feat_mb / base, 0), "1.00", "-", "-", "-",
+                 "-", "-"])
+    for c in configs:
+        rr = runs[c]
+        sec = median([x["seconds"] for x in rr])
+        peak_proc = max(max(x["self_peak_rss_mb"], x["children_peak_rss_mb"]) for x in rr)
+        tree = max(x["tree_peak_rss_mb"] for x in rr)
+        store_mb = median([x["store_bytes"] for x in rr]) / 1e6
+        ratio = sec / base
+        d = {"seconds": [x["seconds"] for x in rr], "median_s": sec, "ratio_vs_h5py": ratio,
+             "peak_proc_rss_mb": peak_proc, "tree_peak_rss_mb": tree, "store_mb": store_mb}
+        data["configs"][_label(*c)] = d
+        rows.append([_label(*c), fmt(sec), fmt(feat_mb / sec, 0), f"**{ratio:.2f}**" if ratio <= 1.5 else f"{ratio:.2f}",
+                     "met" if ratio <= 1.5 else "MISSED", fmt(peak_proc, 0),
+                     fmt((peak_proc - idle["self_peak_rss_mb"]) / largest_mb), fmt(tree, 0), fmt(store_mb, 0)])
+    heads = ["variant", "median s", "MB/s (features)", "x h5py read", "target <= 1.5x", "peak RSS of one process MB",
+             "(peak - idle) / largest slide", "peak RSS, whole tree MB", "store MB"]
+    body = [f"Cohort: `{archive}` ({len(all_ids)} slides; feature bytes {sum(sizes.values()) / 1e9:.2f} GB). "
+            f"Repeated runs on **{len(sub)} slides** ({feat_mb:.0f} MB of float32 features, largest slide "
+            f"{largest_mb:.0f} MB), page cache warm, {reps} repeat(s) interleaved (h5py, then every variant, "
+            f"per repeat); medians. Convert uses precomputed SAM-MIL segment pickles and the dataset CSV. "
+            f"Timers start after the imports (one-off `import torch` + `clam2sam.convert` in the child: "
+            f"median {median([x.get('import_s') for c in configs for x in runs[c]]):.1f} s, not included).",
+            "", md_table(heads, rows), "",
+            f"Idle RSS of a process that only imports torch and `clam2sam.convert`: {idle['self_peak_rss_mb']:.0f} MB. "
+            "Peak RSS of one process = max over repeats of getrusage(RUSAGE_SELF / RUSAGE_CHILDREN) of the "
+            "converting process and its workers; whole tree = sampled sum over parent + workers (50 ms)."]
+    if full and not ctx.quick:
+        ctx.log(f"[convert] full cohort once: {len(all_ids)} slides; warming cache")
+        warm_cache(archive, all_ids)
+        fh = _h5(archive, all_ids)
+        fz = _conv(archive, store, all_ids, "zstd", 1, True)
+        fz2 = _conv(archive, store, all_ids, "zstd", 2, True)
+        full_mb = sum(sizes.values()) / 1e6
+        full_largest = max(sizes.values()) / 1e6
+        frows = [["h5py read", fmt(fh["seconds"]), fmt(full_mb / fh["seconds"], 0), "1.00", "-", "-"]]
+        for lab, x in (("zstd, 1 worker", fz), ("zstd, 2 workers", fz2)):
+            pk = max(x["self_peak_rss_mb"], x["children_peak_rss_mb"])
+            frows.append([lab, fmt(x["seconds"]), fmt(full_mb / x["seconds"], 0), fmt(x["seconds"] / fh["seconds"]),
+                          fmt(pk, 0), fmt(x["tree_peak_rss_mb"], 0)])
+        data["full"] = {"slides": len(all_ids), "feature_mb": full_mb, "largest_slide_mb": full_largest,
+                        "h5py_s": fh["seconds"], "zstd_w1": fz, "zstd_w2": fz2}
+        body += ["", f"Full cohort, once ({len(all_ids)} slides, {full_mb:.0f} MB features, largest slide "
+                     f"{full_largest:.0f} MB; default codec, checksums on):", "",
+                 md_table(["variant", "s", "MB/s", "x h5py read", "peak RSS one process MB", "peak RSS tree MB"],
+                          frows)]
+    return Section("convert", "1. Convert (large preset, precomputed segments)", "\n".join(body), data)
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "_child":
+        kind, rest = argv[1], argv[2:]
+        if kind == "h5read":
+            _child_h5read(Path(rest[0]), rest[1:])
+        elif kind == "convert":
+            _child_convert(Path(rest[0]), Path(rest[1]), rest[6:], rest[2], int(rest[3]), rest[4] == "1",
+                           int(rest[5]))
+        elif kind == "idle":
+            _child_idle()
+        return 0
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--archive", type=Path, default=Path("/tmp/c2s_bench_large"))
+    ap.add_argument("--subset", type=int, default=10)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--no-full", action="store_true")
+    a = ap.parse_args(argv)
+    s = run(Ctx(out=Path("bench/out"), repeats=a.repeats, large_dir=a.archive), subset=a.subset, full=not a.no_full)
+    print(s.body)
+    print(json.dumps(s.data, default=str), file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
