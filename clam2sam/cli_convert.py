@@ -129,7 +129,7 @@ def command(archive: Path, out: Path, no_process_list: bool, slides, report_path
     """
     provider = None
     if build_sam_provider is not None:
-        provider = build_sam_provider(kwargs, kwargs.get("slides_dir"))
+        provider = build_sam_provider(kwargs, kwargs.get("slides_dir"), store=out)
     options = ConvertOptions(archive=archive, out=out, use_process_list=not no_process_list, slides=slides,
                              report_path=report_path, checksums=not no_checksums,
                              **{k: kwargs[k] for k in _KEYS if k in kwargs})

@@ -22,7 +22,8 @@ from functools import partial
 from pathlib import Path
 from typing import Callable
 
-import torch
+from clam2sam._lazy import LazyModule
+torch = LazyModule("torch")  # imported on first use: keeps CLI start-up fast
 
 from clam2sam.errors import SamError
 from clam2sam.tv_standin import import_segment_anything

@@ -21,7 +21,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-import torch
+from clam2sam._lazy import LazyModule
+torch = LazyModule("torch")  # imported on first use: keeps CLI start-up fast
 
 from clam2sam import sam_cache, slide_io
 from clam2sam.errors import SamError, UsageError

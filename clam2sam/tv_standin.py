@@ -26,7 +26,8 @@ import sys
 import types
 
 import numpy as np
-import torch
+from clam2sam._lazy import LazyModule
+torch = LazyModule("torch")  # imported on first use: keeps CLI start-up fast
 
 STANDIN_VERSION = "0.0.0+clam2sam.standin"
 _MODULES = ("torchvision", "torchvision.ops", "torchvision.ops.boxes", "torchvision.transforms",

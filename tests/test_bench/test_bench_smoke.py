@@ -46,7 +46,7 @@ def test_quick_harness_writes_results(tmp_path):
         assert c["ratio_vs_h5py"] > 0 and math.isfinite(c["ratio_vs_h5py"])
         assert c["peak_proc_rss_mb"] > 0
     load = json.loads((out / "section_load.json").read_text())["data"]["methods"]
-    assert all(m["bags_per_s"] > 0 for m in load.values()) and len(load) == 3
+    assert all(m["bags_per_s"] > 0 for m in load.values()) and len(load) == 4
     step = json.loads((out / "section_step.json").read_text())["data"]["cells"]
     assert all(c["abmil_s"] > 0 and c["sammil_s"] > 0 for c in step.values())
     acc = json.loads((out / "section_accuracy.json").read_text())["data"]["configs"]
