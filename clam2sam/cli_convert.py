@@ -110,7 +110,7 @@ def _summary(console: Console, report, out: Path, report_path: Path) -> None:
                    "at the same paths). See docs/cluster.md.")
 @click.option("--dask-local", type=click.IntRange(min=1), default=None, metavar="N",
               help="Start a local Dask cluster of N worker processes for this run.")
-@click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+@click.option("--report", "report_path", type=opt.LocalPath(dir_okay=False, path_type=Path), default=None,
               help=f"JSON report path (default: OUT/{REPORT_NAME}).")
 @click.option("--codec", type=click.Choice(["zstd", "lz4", "none"]), default="zstd", show_default=True,
               help="Blosc codec for the store's arrays (lz4: faster, slightly larger; see README benchmarks).")

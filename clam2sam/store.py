@@ -124,6 +124,7 @@ class StoreWriter:
                 try:
                     self.root = zarr.open_group(str(self.path), mode="r+", use_consolidated=False)
                     a = dict(self.root.attrs)
+                    self.root.require_group(schema.SLIDES_GROUP)  # also after a crash right after creation
                 except Exception as e:  # noqa: BLE001 - damaged root metadata (zarr raises many types)
                     raise StoreError(f"corrupt store metadata ({type(e).__name__}: {str(e)[:120]})",
                                      path=self.path / "zarr.json",
@@ -143,7 +144,7 @@ class StoreWriter:
                     "created": _dt.datetime.now(_dt.timezone.utc).isoformat(), "n_slides": 0,
                     "codec": codec, "clevel": clevel})
                 maybe_die("init")  # test hook (no-op unless CLAM2SAM_TEST_KILL_AT is set)
-            self.root.require_group(schema.SLIDES_GROUP)  # also after a crash right after creation
+                self.root.require_group(schema.SLIDES_GROUP)
             if feature_dim is not None or feature_dtype is not None:
                 self._set_features(feature_dim, feature_dtype)
             if encoder and not self.root.attrs.get("encoder"):

@@ -150,10 +150,10 @@ def test_cli_file_urls_and_dask_local(cohort, tmp_path, capsys):
     url_out = "file://" + str(out).replace(" ", "%20")
     with pytest.raises(SystemExit) as e:
         main(["convert", f"file://{arch}", "--out", url_out, "--dataset-csv", f"file://localhost{arch}/dataset.csv",
-              "--dask-local", "1", "-q"])
+              "--report", f"file://{tmp_path}/rep.json", "--dask-local", "1", "-q"])
     assert e.value.code == 0, capsys.readouterr().err
     _assert_same_store(ref, out)
-    assert (out / "convert_report.json").is_file()
+    assert json.loads((tmp_path / "rep.json").read_text())["counts"]["converted"] == N_SLIDES
 
 
 def test_urls_and_option_errors(cohort, tmp_path, monkeypatch, capsys):
