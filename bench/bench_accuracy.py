@@ -104,8 +104,8 @@ def run(ctx: Ctx) -> Section:
     reps = int(ctx.extra.get("accuracy_repeats", 3))
     core_reps = int(ctx.extra.get("core_repeats") or reps)   # AB-MIL and full SAM-MIL
     folds = 2 if ctx.quick else 5
-    epochs = ctx.extra.get("max_epochs") or (2 if ctx.quick else 8)
-    patience = 2 if ctx.quick else 3
+    epochs = ctx.extra.get("max_epochs") or (2 if ctx.quick else 12)
+    patience = 2 if ctx.quick else 4
     jobs = int(ctx.extra.get("jobs", 2))
     configs = [c for c in CONFIGS if c[0] in QUICK_KEYS] if ctx.quick else CONFIGS
     store = build_store(ctx.medium_dir, ctx.work / f"acc_{ctx.medium_dir.name}.zarr", ctx)
@@ -158,7 +158,7 @@ def run(ctx: Ctx) -> Section:
         man = json.loads((ctx.medium_dir / "manifest.json").read_text())
         pp = man["params"]
         cohort = (f"preset {man.get('preset')}: {pp['slides']} slides, {pp['min_patches']}-{pp['max_patches']} "
-                  f"patches, D={pp['dim']}, snr {pp.get('snr')}")
+                  f"patches, D={pp['dim']}, snr {pp.get('snr')}, tumour fraction {pp.get('tumour_frac')}")
     except Exception:  # noqa: BLE001 - manifest missing or other format
         cohort = "unknown parameters"
     body = [f"Store: `{store}` converted from `{ctx.medium_dir}` ({cohort}). "

@@ -102,6 +102,39 @@ def ensure_cohort(path: Path, preset: str, ctx: Ctx, **overrides) -> Path:
     return path
 
 
+def glance(out: Path) -> list[str]:
+    """'Targets at a glance' from the section JSON files present in ``out``."""
+    rows = []
+
+    def data(key):
+        f = out / f"section_{key}.json"
+        return json.loads(f.read_text()).get("data") if f.is_file() else None
+
+    d = data("convert")
+    if d and d.get("configs"):
+        for lab, c in d["configs"].items():
+            rows.append([f"convert {lab}: time vs h5py read", "<= 1.5x", f"{c['ratio_vs_h5py']:.2f}x",
+                         "met" if c["ratio_vs_h5py"] <= 1.5 else "MISSED"])
+        c = next(iter(d["configs"].values()))
+        mem = (c["peak_proc_rss_mb"] - d["idle_rss_mb"]) / d["largest_slide_mb"]
+        rows.append(["convert peak RSS above idle / largest slide (1 worker, zstd)", "~2x", f"{mem:.2f}x",
+                     "met" if mem <= 2.5 else "MISSED"])
+    d = data("load")
+    if d and d.get("methods"):
+        for lab, m in d["methods"].items():
+            if lab.endswith("read_bag"):
+                rows.append([f"loading {lab}: bags/s vs torch.load", ">= 1x", f"{m['ratio_vs_pt']:.2f}x",
+                             "met" if m["ratio_vs_pt"] >= 1 else "MISSED"])
+    d = data("step")
+    if d and d.get("cells"):
+        for n, c in d["cells"].items():
+            rows.append([f"step SAM-MIL / AB-MIL at {int(n):,} patches", "<= 2x", f"{c['ratio']:.2f}x",
+                         "met" if c["ratio"] <= 2 else "MISSED"])
+    if not rows:
+        return []
+    return ["## Targets at a glance", "", md_table(["figure", "target", "measured", "verdict"], rows), ""]
+
+
 def assemble(out: Path, results: Path, machine: dict, command: str) -> None:
     """RESULTS.md from every section file in ``out`` (sections in ORDER)."""
     pk = machine["packages"]
@@ -118,6 +151,10 @@ def assemble(out: Path, results: Path, machine: dict, command: str) -> None:
              "The machine is a shared 2-core development box: other people's tests ran at the same time, so "
              "absolute seconds are noisy; ratios measured in the same run are what the targets use.", "",
              f"Last command: `{command}`", ""]
+    lines += glance(out)
+    notes = out / "notes.md"
+    if notes.is_file():   # hand-written analysis, kept across runs
+        lines += ["## Notes", "", notes.read_text().strip(), ""]
     for key in ORDER:
         f = out / f"section_{key}.json"
         if not f.is_file():

@@ -418,14 +418,23 @@ class StoreReader:
     def read_array(self, slide_id: str, name: str) -> np.ndarray:
         g = self.group(slide_id)
         try:
-            return g[name][...]
+            arr = g[name]
+            data = arr[...]
+            if data.size and arr.nchunks_initialized == 0:  # zarr reads missing chunk files as fill values
+                raise StoreError(f"array {name!r}: its data files are missing", slide=slide_id,
+                                 path=self.path / schema.SLIDES_GROUP / slide_key(slide_id) / name,
+                                 fix="the store is damaged; re-convert this slide")
+            return data
+        except StoreError:
+            raise
         except KeyError as e:
             raise StoreError(f"array {name!r} missing", slide=slide_id, path=self.path,
                              fix="the store is corrupt; re-convert this slide (--overwrite-slide or delete it)"
                              ) from e
         except Exception as e:  # noqa: BLE001 - codec / truncated shard errors
-            raise StoreError(f"array {name!r} unreadable ({type(e).__name__}: {e})", slide=slide_id,
-                             path=self.path, fix="the store is corrupt; re-convert this slide") from e
+            raise StoreError(f"array {name!r} unreadable ({type(e).__name__}: {str(e)[:200]})", slide=slide_id,
+                             path=self.path / schema.SLIDES_GROUP / slide_key(slide_id) / name,
+                             fix="the store is corrupt; re-convert this slide") from e
 
     def read_slide(self, slide_id: str, arrays: tuple[str, ...] | None = None) -> SlideArrays:
         """Read a slide. ``arrays`` restricts which arrays are read (others become empty arrays)."""

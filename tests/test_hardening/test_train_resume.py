@@ -79,7 +79,8 @@ def test_fit_killed_mid_epoch_resumes_to_the_same_results(store, tmp_path):
     assert got == want  # every epoch's losses / AUCs and every prediction, bit for bit
 
 
-def test_corrupt_store_array_at_training_time(store, tmp_path):
+@pytest.mark.parametrize("damage", ["truncated-shard", "missing-shard", "garbled-metadata"])
+def test_corrupt_store_array_at_training_time(store, tmp_path, damage):
     import shutil
 
     from clam2sam.store import open_store
@@ -87,11 +88,16 @@ def test_corrupt_store_array_at_training_time(store, tmp_path):
     bad = tmp_path / "bad.zarr"
     shutil.copytree(store, bad)
     sid = open_store(bad).slide_ids()[3]
-    shard = next(p for p in (bad / "slides" / sid / "features").rglob("*") if p.is_file() and p.name != "zarr.json")
-    data = bytearray(shard.read_bytes())
-    data[len(data) // 3: len(data) // 3 + 64] = b"\xff" * 64
-    shard.write_bytes(bytes(data))
+    arr = bad / "slides" / sid / "features"
+    shard = next(p for p in arr.rglob("*") if p.is_file() and p.name != "zarr.json")
+    if damage == "truncated-shard":
+        shard.write_bytes(shard.read_bytes()[:-40])
+    elif damage == "missing-shard":
+        shard.unlink()
+    else:
+        (arr / "zarr.json").write_text('{"zarr_format": 3, "node_type": "array", "shape": [')
     p = _fit(bad, tmp_path / "out")
-    assert p.returncode == 1, (p.returncode, p.stderr[-3000:])
-    assert "Traceback" not in p.stderr and f"slide {sid!r}" in p.stderr and "features" in p.stderr, p.stderr[-3000:]
-    assert str(bad) in p.stderr and "re-convert" in p.stderr
+    err = p.stderr[-3000:]
+    assert p.returncode == 1, (p.returncode, err)
+    assert "Traceback" not in err and f"slide {sid!r}" in err and "features" in err, err
+    assert str(arr) in err.replace("\n", "") and "re-convert" in err, err
