@@ -52,10 +52,9 @@ def cohort(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def scheduler():
-    """One 2-process LocalCluster for the module. A worker death fails its task at once (no retries on
-    other workers) and each worker holds one task at a time, so a kill hits exactly one slide."""
-    with dask.config.set({"distributed.scheduler.allowed-failures": 0,
-                          "distributed.scheduler.worker-saturation": 1.0}):
+    """One 2-process LocalCluster for the module. A worker death fails its tasks at once (no retries on
+    other workers)."""
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
         cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                                            dashboard_address=":0")
     yield cluster.scheduler_address
@@ -108,17 +107,20 @@ def test_killed_worker_leaves_store_resumable(cohort, scheduler, tmp_path):
     opts = dict(archive=arch, out=out, dataset_csv=arch / "dataset.csv", skip_errors=True,
                 dask_scheduler=scheduler)
     rep = convert_cohort(ConvertOptions(**opts), segment_provider=KillOnSlide(arch / "segments", out, KILL))
-    assert rep.counts() == {"converted": N_SLIDES - 1, "skipped": 0, "failed": 1}, rep.to_dict()
-    (failed,) = rep.by_status("failed")
-    assert failed.slide_id == KILL and "worker" in failed.reason and "re-run the same command" in failed.reason
+    # the killed slide fails; a slide already queued on the dying worker may fail with it (no retries here)
+    failed = {o.slide_id: o.reason for o in rep.by_status("failed")}
+    assert KILL in failed and len(failed) <= 2, rep.to_dict()
+    assert all("worker" in why and "re-run the same command" in why for why in failed.values()), failed
+    assert rep.counts() == {"converted": N_SLIDES - len(failed), "skipped": 0, "failed": len(failed)}
     assert rep.return_code == 1
     assert not (out / LOCK_NAME).exists()  # the client released the lock
     r = open_store(out)
-    assert KILL not in r.slide_ids() and r.incomplete_slide_ids() == [KILL]
-    # the same command again: the 5 complete slides are skipped, the half-written one is redone
+    assert not set(failed) & set(r.slide_ids()) and r.incomplete_slide_ids() == [KILL]
+    # the same command again: complete slides are skipped, the half-written (and any unstarted) one is redone
     rep2 = convert_cohort(ConvertOptions(**opts))
-    assert rep2.counts() == {"converted": 1, "skipped": N_SLIDES - 1, "failed": 0}, rep2.to_dict()
-    assert rep2.by_status("converted")[0].slide_id == KILL
+    assert rep2.counts() == {"converted": len(failed), "skipped": N_SLIDES - len(failed), "failed": 0}, \
+        rep2.to_dict()
+    assert {o.slide_id for o in rep2.by_status("converted")} == set(failed)
     _assert_same_store(ref, out)
 
 

@@ -100,4 +100,4 @@ def test_corrupt_store_array_at_training_time(store, tmp_path, damage):
     err = p.stderr[-3000:]
     assert p.returncode == 1, (p.returncode, err)
     assert "Traceback" not in err and f"slide {sid!r}" in err and "features" in err, err
-    assert str(arr) in err.replace("\n", "") and "re-convert" in err, err
+    assert str(bad) in err.replace("\n", "") and "re-convert" in err, err
