@@ -123,6 +123,10 @@ def read_clam_splits(splits_dir: str | Path, slide_ids: list[str]) -> list[Split
         if not len(parts["val"]):
             raise UsageError("split has no validation slides", path=path,
                              fix="the protocol selects models on validation; regenerate splits with a val part")
+        for col in ("train", "test"):
+            if not len(parts[col]):
+                raise UsageError(f"split has no {col} slides in this store", path=path,
+                                 fix=f"every split needs {col} slides that exist in the store")
         for i in parts["test"]:
             seen_test.setdefault(int(i), []).append(f)
         out.append(Split(0, f, parts["train"], parts["val"], parts["test"]))
