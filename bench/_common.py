@@ -169,8 +169,9 @@ def child_peaks() -> dict:
     """Peak RSS (MB) of this process and of its largest waited-for child (getrusage; Linux gives KiB)."""
     import resource
 
-    return {"self_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "children_peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}
+    me, ch = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return {"self_peak_rss_mb": me.ru_maxrss / 1024, "children_peak_rss_mb": ch.ru_maxrss / 1024,
+            "cpu_total_s": me.ru_utime + me.ru_stime + ch.ru_utime + ch.ru_stime}
 
 
 def emit(d: dict) -> None:

@@ -29,6 +29,38 @@ from trainer.run import run_fit  # noqa: E402
 METRICS = ("auc", "acc", "f1", "bal_acc")
 
 
+def localisation(run_dir: Path, store: str, gt_dir: Path) -> float | None:
+    """Mean over tumour TEST slides of the share of true tumour patches among the k highest-scored
+    patches, k = the slide's number of tumour patches (R-precision; chance = the tumour fraction).
+
+    Each test slide is scored by the checkpoint of the fold that held it out. Needs the synthetic
+    cohort's ``ground_truth/<slide>.npz`` (``coords``, ``tumour``), matched to the store by coords.
+    """
+    import numpy as np
+
+    from clam2sam.store import open_store
+    from trainer.data import read_bag
+    from trainer.predict import load_ensemble, predict_bag
+
+    reader = open_store(store)
+    hits = []
+    for split in json.loads((run_dir / "splits.json").read_text()):
+        ens = load_ensemble(run_dir / f"fold_{split['name']}")
+        for sid in split["test"]:
+            f = gt_dir / f"{sid}.npz"
+            if not f.is_file():
+                continue
+            gt = np.load(f)
+            truth = {tuple(c): bool(t) for c, t in zip(gt["coords"].tolist(), gt["tumour"])}
+            tum = np.array([truth.get(tuple(c), False) for c in reader.read_array(sid, "coords").tolist()])
+            k = int(tum.sum())
+            if k == 0:
+                continue
+            scores = predict_bag(ens, read_bag(reader, sid, 0))["scores"]
+            hits.append(float(tum[np.argsort(-scores, kind="stable")[:k]].mean()))
+    return float(np.mean(hits)) if hits else None
+
+
 def run_name(model: str, gf: bool) -> str:
     return f"{model}+gf" if gf else model
 
@@ -40,12 +72,17 @@ def fmt(ms: dict | None) -> str:
 
 
 def table1(rows: list[dict]) -> str:
+    loc = any(r.get("localisation") is not None for r in rows)
     head = "| model | group features | test AUC | test acc | test F1 | test bal. acc | epochs (mean) | fit s |"
-    out = [head, "|---|---|---|---|---|---|---|---|"]
+    out = [head + (" tumour top-k hit rate |" if loc else ""), "|---|---|---|---|---|---|---|---|" + ("---|" if loc else "")]
     for r in rows:
         s = r["summary"]["test"]
-        out.append(f"| {r['model']} | {'on' if r['gf'] else 'off'} | " + " | ".join(fmt(s.get(k)) for k in METRICS)
-                   + f" | {r['epochs']:.1f} | {r['seconds']:.0f} |")
+        line = (f"| {r['model']} | {'on' if r['gf'] else 'off'} | " + " | ".join(fmt(s.get(k)) for k in METRICS)
+                + f" | {r['epochs']:.1f} | {r['seconds']:.0f} |")
+        if loc:
+            v = r.get("localisation")
+            line += f" {'n/a' if v is None else f'{100 * v:.1f}'} |"
+        out.append(line)
     return "\n".join(out)
 
 
@@ -76,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--labels", help="labels CSV (default: the store's slide labels)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--ground-truth", type=Path, help="synthetic cohort's ground_truth/ folder: adds the "
+                    "tumour top-k hit rate of the per-patch scores on test slides")
     ap.add_argument("--hidden-dim", type=int, default=512, help="E of every model (512 = the paper)")
     ap.add_argument("--attn-dim", type=int, default=128)
     args = ap.parse_args(argv)
@@ -96,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
             rows.append({"model": model, "gf": gf, "summary": res["summary"], "seconds": sec,
                          "wall_seconds": time.perf_counter() - t0,
                          "epochs": sum(f["epochs_run"] for f in res["folds"]) / len(res["folds"])})
+            if args.ground_truth:
+                rows[-1]["localisation"] = localisation(Path(cfg.out), str(args.store), args.ground_truth)
             auc = res["summary"]["test"]["auc"]
             print(f"{name:18s} test AUC {fmt(auc)}  ({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
     n = res["n_slides"]

@@ -418,15 +418,7 @@ class StoreReader:
     def read_array(self, slide_id: str, name: str) -> np.ndarray:
         g = self.group(slide_id)
         try:
-            arr = g[name]
-            data = arr[...]
-            if data.size and arr.nchunks_initialized == 0:  # zarr reads missing chunk files as fill values
-                raise StoreError(f"array {name!r}: its data files are missing", slide=slide_id,
-                                 path=self.path / schema.SLIDES_GROUP / slide_key(slide_id) / name,
-                                 fix="the store is damaged; re-convert this slide")
-            return data
-        except StoreError:
-            raise
+            return g[name][...]
         except KeyError as e:
             raise StoreError(f"array {name!r} missing", slide=slide_id, path=self.path,
                              fix="the store is corrupt; re-convert this slide (--overwrite-slide or delete it)"

@@ -175,15 +175,10 @@ def read_bag(reader, slide_id: str, label: int) -> Bag:
     arr = {}
     for name in BAG_ARRAYS:
         try:
-            a = g[name]
-            arr[name] = a[...]
-            missing = arr[name].size and a.nchunks_initialized == 0  # zarr reads absent chunks as zeros
+            arr[name] = g[name][...]
         except Exception as e:  # noqa: BLE001 - missing array / codec error
             raise StoreError(f"array {name!r} unreadable ({type(e).__name__}: {e})", slide=slide_id,
                              path=reader.path, fix="re-convert this slide") from e
-        if missing:
-            raise StoreError(f"array {name!r}: its data files are missing", slide=slide_id, path=reader.path,
-                             fix="the store is damaged: re-convert this slide")
     feats = torch.from_numpy(np.ascontiguousarray(arr["features"])).float()
     if feats.ndim != 2 or feats.shape[0] == 0:
         raise TrainError(f"slide has no patches (features shape {tuple(feats.shape)})", slide=slide_id,

@@ -19,7 +19,7 @@ Colour scale (``norm``): ``percentile`` (rank of each patch within the slide, as
 default for attention, whose raw values depend on the bag size), ``minmax`` (raw values stretched to the
 slide's range) or ``none`` (values taken as they are in [0, 1]; the default for probabilities).
 Segment outlines: a pixel is drawn where two neighbouring canvas pixels belong to different segments (a
-segment's edge against another segment, an unassigned patch or background).
+segment's edge against another segment, an unassigned patch or background), 2 px wide when patches are >= 12 px.
 """
 from __future__ import annotations
 
@@ -132,7 +132,11 @@ def render_heatmap(coords: np.ndarray, values: np.ndarray, patch_size: float, *,
     rgb[has] = alpha * colour[has] + (1.0 - alpha) * bg[has]
     if segment_ids is not None:
         lab = _paint(boxes, np.asarray(segment_ids, np.int64), (H, W), -2)
-        rgb[outline_mask(lab)] = outline_rgb
+        edge = outline_mask(lab)
+        if patch_size * scale >= 12:                          # 2-px lines when patches are large enough
+            edge[:, :-1] |= edge[:, 1:].copy()
+            edge[:-1, :] |= edge[1:, :].copy()
+        rgb[edge] = outline_rgb
     img = Image.new("RGB", (MARGIN + W + GAP + BAR_W + LABEL_W, TITLE_H + max(H, 60) + MARGIN + 12), "white")
     img.paste(Image.fromarray(rgb.round().astype(np.uint8)), (MARGIN, TITLE_H))
     _colour_bar(img, cmap, MARGIN + W + GAP, TITLE_H, max(H, 60), bar_label, norm, values)
@@ -232,7 +236,8 @@ def run_heatmaps(source: str | Path, out: str | Path, *, store: str | None = Non
                     thumb = _thumbnail(f, (int(math.ceil(dims[0] * s)), int(math.ceil(dims[1] * s))))[0]
             p = g.attrs.get("prob") or []
             classes = root.attrs.get("classes", [])
-            head = f"{sid} | {root.attrs.get('model')} | {value}"
+            gf = " + group features" if root.attrs.get("group_features") else ""
+            head = f"{sid} | {root.attrs.get('model')}{gf} | {value}"
             if len(p) == 2:
                 head += f" | p({classes[1]}) {p[1]:.3f}"
             head += f" | pred {g.attrs.get('pred')}" + (f" | label {g.attrs['label']}" if g.attrs.get("label") else "")

@@ -103,6 +103,7 @@ def test_instance_logits_equal_a_bag_of_one(name):
     assert torch.allclose(fast, slow, atol=1e-5)
 
 
+@torch.no_grad()
 def test_pooling_facts():
     torch.manual_seed(0)
     bag = make_bag()
@@ -114,6 +115,7 @@ def test_pooling_facts():
     assert torch.allclose(mean(bag)["logits"], mean.instance_classifier(h.mean(0, keepdim=True)), atol=1e-5)
 
 
+@torch.no_grad()
 def test_dsmil_loss_and_logits_average_two_streams():
     torch.manual_seed(0)
     m = build_model("dsmil", 16, 2, cfg("dsmil", False)).eval()
@@ -128,6 +130,7 @@ def test_dsmil_loss_and_logits_average_two_streams():
     assert float(ld["loss"]) == pytest.approx(float(want), rel=1e-6)
 
 
+@torch.no_grad()
 def test_clam_instance_loss_pseudo_labels():
     torch.manual_seed(0)
     m = build_model("clam-sb", 16, 2, cfg("clam-sb", False)).eval()   # eval: no dropout, deterministic
@@ -154,6 +157,7 @@ def test_sam_mil_trains_each_baseline_as_backbone(backbone):
     assert float(m.backbone.embed_net[0].weight.grad.abs().sum()) > 0
 
 
+@torch.no_grad()
 def test_transmil_large_bag_and_padding():
     """A 2 000-token bag (not a square) runs; scores cover exactly the real tokens."""
     torch.manual_seed(0)
