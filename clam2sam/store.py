@@ -28,6 +28,7 @@ from zarr.codecs import BloscCodec, BloscShuffle
 
 from clam2sam import schema
 from clam2sam._testhooks import maybe_die
+from clam2sam.fast_read import read_whole_array
 from clam2sam.errors import StoreError, StoreExistsError, StoreLockedError, UsageError
 from clam2sam.ids import key_to_slide_id, slide_key
 from clam2sam.slide_arrays import SlideArrays
@@ -416,6 +417,15 @@ class StoreReader:
             raise StoreError("slide not in store", slide=slide_id, path=self.path) from e
 
     def read_array(self, slide_id: str, name: str) -> np.ndarray:
+        """One whole array of a slide (fast single-read path for the store's own layout, else zarr)."""
+        adir = self.path / schema.SLIDES_GROUP / slide_key(slide_id) / name
+        try:
+            fast = read_whole_array(adir)
+        except ValueError as e:  # corrupt / truncated shard
+            raise StoreError(f"array {name!r} unreadable ({e})", slide=slide_id, path=adir,
+                             fix="the store is corrupt; re-convert this slide") from e
+        if fast is not None:
+            return fast
         g = self.group(slide_id)
         try:
             return g[name][...]

@@ -171,14 +171,9 @@ def load_cohort(store_path: str, labels_csv: str | None = None, classes: list[st
 
 def read_bag(reader, slide_id: str, label: int) -> Bag:
     """Read one slide: open its group once, one contiguous read per array."""
-    g = reader.group(slide_id)
     arr = {}
-    for name in BAG_ARRAYS:
-        try:
-            arr[name] = g[name][...]
-        except Exception as e:  # noqa: BLE001 - missing array / codec error
-            raise StoreError(f"array {name!r} unreadable ({type(e).__name__}: {e})", slide=slide_id,
-                             path=reader.path, fix="re-convert this slide") from e
+    for name in BAG_ARRAYS:  # StoreReader.read_array: one file read per array, StoreError naming slide+array
+        arr[name] = reader.read_array(slide_id, name)
     feats = torch.from_numpy(np.ascontiguousarray(arr["features"])).float()
     if feats.ndim != 2 or feats.shape[0] == 0:
         raise TrainError(f"slide has no patches (features shape {tuple(feats.shape)})", slide=slide_id,
