@@ -181,6 +181,30 @@ def run(ctx: Ctx) -> Section:
                    error=("failed fits:\n" + "\n".join(errors)) if errors else None)
 
 
+def tabulate(runs_root: Path) -> str:
+    """Markdown table of every finished ``samtrain fit`` run under ``runs_root`` (sub-folder = config key).
+
+    Paired Δ AUC against the sub-folders ``abmil`` and ``sammil`` when present (over the folds both ran).
+    """
+    res = {d.name: json.loads((d / "results.json").read_text())
+           for d in sorted(runs_root.iterdir()) if (d / "results.json").is_file()}
+    fold = {k: {m: _per_fold(v, m) for m in ("auc", "acc", "f1")} for k, v in res.items()}
+    rows = []
+    for k in res:
+        ms = {m: _ms(list(fold[k][m].values())) for m in ("auc", "acc", "f1")}
+        row = [k, str(len(fold[k]["auc"]))] + [f"{ms[m][0]:.3f} ± {ms[m][1]:.3f}" for m in ("auc", "acc", "f1")]
+        for ref in ("abmil", "sammil"):
+            if ref == k or ref not in res:
+                row.append("-")
+                continue
+            d, dsd, n = _paired(fold[k]["auc"], fold[ref]["auc"])
+            spread = max(ms["auc"][1], _ms(list(fold[ref]["auc"].values()))[1])
+            row.append(f"{d:+.3f} (paired sd {dsd:.3f}, {n} folds; {_verdict(d, spread)})")
+        rows.append(row)
+    return md_table(["run", "test folds", "test AUC", "test acc", "test F1", "Δ AUC vs abmil", "Δ AUC vs sammil"],
+                    rows)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--medium", type=Path, default=Path("/tmp/c2s_bench_medium"))
@@ -188,7 +212,11 @@ def main(argv=None) -> int:
     ap.add_argument("--max-epochs", type=int, default=20)
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--core-repeats", type=int, default=None)
+    ap.add_argument("--tabulate", type=Path, default=None, help="only tabulate finished runs in this folder")
     a = ap.parse_args(argv)
+    if a.tabulate:
+        print(tabulate(a.tabulate))
+        return 0
     ctx = Ctx(out=Path("bench/out"), medium_dir=a.medium,
               extra={"accuracy_repeats": a.repeats, "max_epochs": a.max_epochs, "jobs": a.jobs,
                      "core_repeats": a.core_repeats})

@@ -421,8 +421,9 @@ class StoreReader:
         adir = self.path / schema.SLIDES_GROUP / slide_key(slide_id) / name
         try:
             fast = read_whole_array(adir)
-        except ValueError as e:  # corrupt / truncated shard
-            raise StoreError(f"array {name!r} unreadable ({e})", slide=slide_id, path=adir,
+        except Exception as e:  # noqa: BLE001 - corrupt / truncated shard, codec (blosc RuntimeError), bad json
+            raise StoreError(f"array {name!r} unreadable ({type(e).__name__}: {str(e)[:200]})", slide=slide_id,
+                             path=adir,
                              fix="the store is corrupt; re-convert this slide") from e
         if fast is not None:
             return fast
