@@ -103,7 +103,7 @@ def run(ctx: Ctx, *, subset: int = 10) -> Section:
         ctx.log(f"[load] store with codec {c} for {len(sub)} slides")
         stores[c] = build_store(archive, ctx.work / f"bench_load_{c}.zarr", sub, c)
     methods = {f"store ({c}), trainer read_bag": (lambda c=c: _time_store(stores[c], sub)) for c in codecs}
-    methods["store (zstd), features array only (diagnostic)"] = lambda: _time_store_features(stores["zstd"], sub)
+    methods["zarr API (zstd store), features array only (diagnostic)"] = lambda: _time_store_features(stores["zstd"], sub)
     methods["torch.load pt_files (features only)"] = lambda: _time_pt(archive, sub)
     methods["h5py per-slide read (features + coords)"] = lambda: _time_h5(archive, sub)
     for fn in methods.values():   # warm the page cache for every source

@@ -3,6 +3,7 @@
     python bench/run_all.py --out bench/out                       # everything (about an hour on 2 cores)
     python bench/run_all.py --out bench/out --sections convert,load
     python bench/run_all.py --out /tmp/q --quick --results /tmp/q/RESULTS.md   # smoke run on tiny cohorts
+    python bench/run_all.py --out bench/out --sections ''     # only re-assemble RESULTS.md (e.g. after editing OUT/notes.md)
 
 Each finished section is saved at once as ``OUT/section_<key>.md`` + ``.json`` (with the command that
 produced it), and ``RESULTS.md`` is re-assembled from every section file present in ``OUT``: sections
@@ -232,6 +233,7 @@ def main(argv=None) -> int:
         assemble(out, results, machine, command)
         summary.append([key, "ERROR" if sec.error else "ok", f"{secs:.0f} s"])
         print(f"\n## {sec.title}\n\n{sec.body}\n", flush=True)
+    assemble(out, results, machine, command)   # also when no section ran (re-assembly only)
     print(md_table(["section", "status", "time"], summary))
     print(f"wrote {results}", file=sys.stderr)
     return status
