@@ -253,10 +253,12 @@ def test_demo_separability_and_committed_copy(demo):
         if e["slide_id"] in ("slide_000", "slide_001", "slide_002"):  # small SAM images: aps = 2 or 4
             _check_membership(out, e["slide_id"])
     auc_max, auc_seg = roc_auc_score(y, s_max), roc_auc_score(y, s_seg)
-    # measured 0.828 and 0.808 (seed 0): better than chance, not trivial (spurious small masks and
-    # look-alike lesions make the best-segment mean noisy too)
-    assert 0.7 < auc_max < 0.97, auc_max
-    assert 0.65 < auc_seg < 0.97, auc_seg
+    # The demo is tuned to be learnable by a short fit (snr 14, decoy_snr 6): the oracle statistic (max
+    # projection on the TRUE tumour direction, unknown to a model) separates it (measured 1.0, seed 0); a
+    # model must still find that direction in D = 64 from 40 slides (AB-MIL 3-fold: AUC 0.86).
+    # Harder, non-trivial cohorts are the medium/large presets used by the benches.
+    assert auc_max > 0.9, auc_max
+    assert auc_seg > 0.65, auc_seg
     assert s["bytes"] < 8_000_000
     committed = REPO / "fixtures" / "demo"
     if (committed / "manifest.json").is_file():  # the bundled demo is what the generator writes today
