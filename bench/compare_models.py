@@ -110,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--group-features", choices=("both", "on", "off"), default="both")
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--patience", type=int, default=10)
+    ap.add_argument("--val-frac", type=float, default=0.2, help="validation share of each training part")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--labels", help="labels CSV (default: the store's slide labels)")
     ap.add_argument("--threads", type=int, default=1)
@@ -127,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
             name = run_name(model, gf)
             cfg = TrainConfig(store=str(args.store), out=str(args.out / "runs" / name), labels=args.labels, model=model,
                               group_features=gf, folds=args.folds, repeats=args.repeats, max_epochs=args.epochs,
-                              patience=args.patience, lr=args.lr, seed=args.seed, threads=args.threads, cache=True,
+                              patience=args.patience, val_frac=args.val_frac, lr=args.lr, seed=args.seed, threads=args.threads, cache=True,
                               hidden_dim=args.hidden_dim, attn_dim=args.attn_dim, quiet=True)
             t0 = time.perf_counter()
             res = run_fit(cfg)

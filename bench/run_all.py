@@ -25,9 +25,9 @@ if __package__ in (None, ""):
 
 from bench._common import ROOT, Ctx, Section, machine_info, md_table  # noqa: E402
 
-ORDER = ("convert", "load", "step", "accuracy", "sam")
+ORDER = ("convert", "load", "step", "accuracy", "sam", "baselines")
 TITLES = {"convert": "1. Convert", "load": "2. Loading", "step": "3. Training step", "accuracy": "4. Accuracy",
-          "sam": "5. SAM pass"}
+          "sam": "5. SAM pass", "baselines": "6. Baselines (Tables 1 and 7)"}
 
 
 def _runner(key: str):
@@ -41,6 +41,8 @@ def _runner(key: str):
         from bench import bench_accuracy as m
     elif key == "sam":
         return sam_section
+    elif key == "baselines":
+        from bench import bench_baselines as m
     else:
         raise ValueError(key)
     return m.run
@@ -210,7 +212,7 @@ def main(argv=None) -> int:
     if any(k in keys for k in ("convert", "load")):
         ensure_cohort(ctx.large_dir, "tiny" if a.quick else "large", ctx,
                       **({"slides": 4, "dim": 64, "min_patches": 300, "max_patches": 600} if a.quick else {}))
-    if "accuracy" in keys:
+    if "accuracy" in keys or "baselines" in keys:
         ensure_cohort(ctx.medium_dir, "tiny" if a.quick else "medium", ctx, **({"slides": 16} if a.quick else {}))
     status = 0
     summary = []

@@ -43,7 +43,11 @@ def _grouped_kfold(y: np.ndarray, groups: np.ndarray, k: int, seed: int) -> list
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         skf = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
-        return [te for _, te in skf.split(np.zeros(len(y)), y, groups)]
+        try:
+            return [te for _, te in skf.split(np.zeros(len(y)), y, groups)]
+        except ValueError as e:  # e.g. a class with fewer members than folds
+            raise UsageError(f"cannot make {k} stratified folds from {len(y)} slides ({e})",
+                             fix="lower --folds, raise --val-frac (fewer validation folds) or add slides") from e
 
 
 def carve_validation(train: np.ndarray, y: np.ndarray, groups: np.ndarray, val_frac: float,

@@ -13,7 +13,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-HEADERS = ("## Machine", "## 1. Convert", "## 2. Loading", "## 3. Training step", "## 4. Accuracy", "## 5. SAM pass")
+HEADERS = ("## Machine", "## 1. Convert", "## 2. Loading", "## 3. Training step", "## 4. Accuracy", "## 5. SAM pass",
+           "## 6. Baselines")
 
 
 def _section(md: str, title: str) -> str:
