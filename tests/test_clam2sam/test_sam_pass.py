@@ -255,7 +255,7 @@ def test_bad_slides_are_clear_per_slide_errors(env, tmp_path):
 def test_provider_is_picklable_and_spreads_gpus(env, monkeypatch):
     prov = _provider(env)
     prov.stats.append({"x": 1})
-    clone = pickle.loads(pickle.dumps(prov))
+    clone = pickle.loads(pickle.dumps(prov))  # our own in-memory object (sent to worker processes), not input
     assert clone.config == prov.config and clone.stats == []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
