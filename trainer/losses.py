@@ -43,6 +43,14 @@ def _segment_moments(x: torch.Tensor, group: torch.Tensor, n_groups: int):
     return n, mean, var, dev
 
 
+def _kept(x: torch.Tensor, group: torch.Tensor, n_groups: int | None):
+    """Drop entries with ``group < 0``; return ``(x, group, G)`` (G = number of groups)."""
+    keep = group >= 0
+    x, group = x[keep], group[keep]
+    G = n_groups if n_groups is not None else (int(group.max()) + 1 if group.numel() else 0)
+    return x, group, G
+
+
 def segment_variance_loss(x: torch.Tensor, group: torch.Tensor, n_groups: int | None = None) -> torch.Tensor:
     """``sum_k Var_{i in G_k}(x_i)`` over groups with >= 2 members; entries with ``group < 0`` ignored.
 
@@ -50,22 +58,18 @@ def segment_variance_loss(x: torch.Tensor, group: torch.Tensor, n_groups: int | 
         x: ``(T,)`` values (e.g. scaled attention).
         group: ``(T,)`` int64 group index, -1 = excluded.
     """
-    keep = group >= 0
-    x, group = x[keep], group[keep]
+    x, group, G = _kept(x, group, n_groups)
     if x.numel() == 0:
         return x.sum() * 0.0
-    G = int(group.max()) + 1 if n_groups is None else n_groups
     n, _, var, _ = _segment_moments(x, group, G)
     return var[n >= 2].sum().to(x.dtype)
 
 
 def reference_l2_loss(x: torch.Tensor, group: torch.Tensor, n_groups: int | None = None) -> torch.Tensor:
     """The reference code's ``mean_i sqrt(sum_{j in G(i)} (x_i - x_j)^2)`` over groups with >= 2 members."""
-    keep = group >= 0
-    x, group = x[keep], group[keep]
+    x, group, G = _kept(x, group, n_groups)
     if x.numel() == 0:
         return x.sum() * 0.0
-    G = int(group.max()) + 1 if n_groups is None else n_groups
     n, _, var, dev = _segment_moments(x, group, G)
     big = n[group] >= 2
     if not bool(big.any()):

@@ -157,3 +157,14 @@ def file_hashes(root: Path) -> dict[str, tuple[int, str]]:
     import hashlib
     return {str(p): (p.stat().st_size, hashlib.sha256(p.read_bytes()).hexdigest())
             for p in sorted(Path(root).rglob("*")) if p.is_file()}
+
+
+def make_segmented_cohort(root, n_slides: int = 3, n: int = 40, seed: int = 0) -> dict:
+    """CLAM archive (h5 + pt + patches) + Segments pickles (D = 4; patch 64 = 16 SAM px), masks on an 8x5 grid."""
+    data = make_clam(root, {f"s{i}": n for i in range(n_slides)}, seed=seed)
+    for i in range(n_slides):
+        H, W = 8 * 16, 5 * 16
+        masks = [rect_mask(H, W, 0, 0, W, H // 2), rect_mask(H, W, 0, 0, 16 * (i + 1), 16),
+                 rect_mask(H, W, 70, 120, 80, 128)]
+        write_segments(root / "segments" / f"s{i}.pkl", segments_list(masks, ratio=4, patch_size=64))
+    return data

@@ -66,15 +66,7 @@ def test_reference_archive_reproduces_sammil(tmp_path):
     assert rj["counts"]["converted"] == 3
 
 
-def _cohort(root, n_slides=3, n=40, seed=0):
-    """CLAM archive + Segments pickles (D = 4, patch 64 -> 16 SAM px); masks on a 8x5 grid of patches."""
-    data = af.make_clam(root, {f"s{i}": n for i in range(n_slides)}, seed=seed)
-    for i in range(n_slides):
-        H, W = 8 * 16, 5 * 16
-        masks = [af.rect_mask(H, W, 0, 0, W, H // 2), af.rect_mask(H, W, 0, 0, 16 * (i + 1), 16),
-                 af.rect_mask(H, W, 70, 120, 80, 128)]
-        af.write_segments(root / "segments" / f"s{i}.pkl", af.segments_list(masks, ratio=4, patch_size=64))
-    return data
+_cohort = af.make_segmented_cohort
 
 
 def _arrays(path):

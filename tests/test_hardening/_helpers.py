@@ -18,15 +18,7 @@ REPO = Path(__file__).resolve().parents[2]
 VOLATILE_ROOT = {"created", "consolidated_metadata"}   # timestamps / zarr bookkeeping
 
 
-def cohort(root: Path, n_slides: int = 3, n: int = 40, seed: int = 0) -> dict:
-    """CLAM archive (h5 + pt + patches) + Segments pickles (D = 4; patch 64 = 16 SAM px)."""
-    data = af.make_clam(root, {f"s{i}": n for i in range(n_slides)}, seed=seed)
-    for i in range(n_slides):
-        H, W = 8 * 16, 5 * 16
-        masks = [af.rect_mask(H, W, 0, 0, W, H // 2), af.rect_mask(H, W, 0, 0, 16 * (i + 1), 16),
-                 af.rect_mask(H, W, 70, 120, 80, 128)]
-        af.write_segments(root / "segments" / f"s{i}.pkl", af.segments_list(masks, ratio=4, patch_size=64))
-    return data
+cohort = af.make_segmented_cohort
 
 
 def cli_env(**extra) -> dict:
