@@ -29,6 +29,7 @@ from zarr.codecs import BloscCodec, BloscShuffle
 from clam2sam import schema
 from clam2sam._testhooks import maybe_die
 from clam2sam.errors import StoreError, StoreExistsError, StoreLockedError, UsageError
+from clam2sam.fast_write import write_array, write_json
 from clam2sam.ids import slide_key
 from clam2sam.slide_arrays import SlideArrays
 from clam2sam.store_lock import LOCK_NAME, acquire_lock, lock_is_stale, read_lock
@@ -281,33 +282,40 @@ def write_slide_group(store_path: str | os.PathLike, s: SlideArrays, *, clevel: 
         raise write_error(e, path=gdir, slide=s.slide_id, what="cannot write the slide") from e
 
 
+def _layout(data: np.ndarray) -> tuple[int, int]:
+    """(inner chunk rows, shard rows) of one array: ~CHUNK_BYTES chunks, one shard covering every row."""
+    row_bytes = int(np.prod(data.shape[1:], dtype=np.int64)) * data.dtype.itemsize if data.ndim else 8
+    rows = chunk_rows(row_bytes)
+    n = data.shape[0]
+    rows = min(rows, max(1, 1 << max(n - 1, 0).bit_length()))  # no huge chunks for tiny arrays
+    return rows, max(rows, -(-n // rows) * rows)
+
+
 def _write_slide_group(gdir: Path, s: SlideArrays, *, clevel: int, codec: str) -> None:
+    """Group metadata first (without ``complete``), then each array as one streamed shard
+    (:mod:`clam2sam.fast_write`), then the metadata again with ``complete`` (atomic rename)."""
     if gdir.exists():  # incomplete or being overwritten: start clean
         shutil.rmtree(gdir)
-    g = zarr.open_group(str(gdir), mode="w")
-    comp = _compressor(codec, clevel)
+    gdir.mkdir(parents=True)
+    attrs = {k: _jsonable(v) for k, v in s.attrs.items() if k != "complete"}
+    attrs.update(slide_id=s.slide_id, n_patches=s.n_patches, n_segments=s.n_segments)
+    group_meta = {"attributes": attrs, "zarr_format": 3, "node_type": "group"}
+    write_json(gdir / "zarr.json", group_meta)
     for name in schema.ALL_ARRAYS:
         data = np.asarray(getattr(s, name))
         if name in schema.DTYPES:
             data = data.astype(schema.DTYPES[name], copy=False)
-        row_bytes = int(np.prod(data.shape[1:], dtype=np.int64)) * data.dtype.itemsize if data.ndim else 8
-        rows = chunk_rows(row_bytes)
-        n = data.shape[0]
-        rows = min(rows, max(1, 1 << max(n - 1, 0).bit_length()))  # no huge chunks for tiny arrays
-        chunks = (rows,) + data.shape[1:]
-        shard_rows = max(rows, -(-n // rows) * rows)
-        arr = g.create_array(name, shape=data.shape, dtype=data.dtype, chunks=chunks,
-                             shards=(shard_rows,) + data.shape[1:], compressors=comp, fill_value=0)
+        if data.ndim == 0 or data.dtype.kind not in "fiu":
+            raise StoreError(f"array {name!r} has dtype {data.dtype} / shape {data.shape}", slide=s.slide_id,
+                             fix="this is a bug in the producer of the arrays")
+        rows, shard_rows = _layout(data)
         if name == "features":
             maybe_die("features")
-        if n:
-            arr[...] = data
+        write_array(gdir / name, data, rows=rows, shard_rows=shard_rows, codec=codec, clevel=clevel)
         maybe_die("array")
-    attrs = {k: _jsonable(v) for k, v in s.attrs.items() if k != "complete"}
-    attrs.update(slide_id=s.slide_id, n_patches=s.n_patches, n_segments=s.n_segments)
-    g.attrs.update(attrs)
     maybe_die("complete")
-    g.attrs["complete"] = True  # last write: marks the slide done
+    group_meta["attributes"] = {**attrs, "complete": True}
+    write_json(gdir / "zarr.json", group_meta)  # last write: marks the slide done
     maybe_die("written")
 
 

@@ -1,7 +1,7 @@
 """Disk full / permission denied while writing the store: stop cleanly (slide + path named, exit 1), the store
 stays valid (complete slides readable, the failed slide incomplete or absent), a re-run resumes.
 
-Simulated by patching zarr's LocalStore writes (tests run as root, where chmod does not block writes)."""
+Simulated by patching zarr's LocalStore writes and clam2sam.fast_write's file creation (tests run as root, where chmod does not block writes)."""
 from __future__ import annotations
 
 import errno
@@ -9,7 +9,7 @@ import errno
 import pytest
 from zarr.storage import LocalStore
 
-from clam2sam import cli
+from clam2sam import cli, fast_write
 from clam2sam.convert import ConvertOptions, convert_cohort
 from clam2sam.errors import StoreError
 from clam2sam.store import open_store
@@ -30,7 +30,7 @@ def arch(tmp_path_factory):
 
 
 def fail_writes(monkeypatch, err: tuple, when):
-    """Make LocalStore.set raise OSError(err) for keys where ``when(full_path)``; returns the hit list."""
+    """Make LocalStore.set and the shard writer raise OSError(err) for keys where ``when(full_path)``; returns the hit list."""
     orig = LocalStore.set
     hits = []
 
@@ -42,6 +42,15 @@ def fail_writes(monkeypatch, err: tuple, when):
         return await orig(self, key, value, *a, **kw)
 
     monkeypatch.setattr(LocalStore, "set", set_)
+    real_create = fast_write._create
+
+    def create(path):                    # the direct shard writer's files (clam2sam.fast_write)
+        if when(str(path)):
+            hits.append(str(path))
+            raise OSError(err[0], err[1], str(path))
+        return real_create(path)
+
+    monkeypatch.setattr(fast_write, "_create", create)
     return hits
 
 
