@@ -3,6 +3,7 @@ background thread overlaps hashing with reading and writing)."""
 from __future__ import annotations
 
 import hashlib
+import os
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -26,18 +27,49 @@ def file_digest(path: str | Path) -> dict:
     return {"size": size, "sha256": h.hexdigest()}
 
 
-def describe_sources(sources: list[tuple[str, Path]], *, checksums: bool = True) -> list[dict]:
-    """``[{"role", "path", "size", "sha256"}]`` (sha256 None when ``checksums`` is False)."""
+CROSS_CHECK_NOTE = ("not hashed: a cross-check only (row count and sample rows compared with the h5 features, "
+                    "which are hashed); --checksums all hashes it too")
+
+
+def describe_sources(sources: list[tuple[str, Path]], *, checksums: bool = True,
+                     cross_check: tuple[str, ...] = ()) -> list[dict]:
+    """``[{"role", "path", "size", "sha256"}]`` (sha256 None when ``checksums`` is False, and for the roles in
+    ``cross_check``: files whose content is only compared, not stored, e.g. a CLAM .pt beside its h5)."""
     out = []
     for role, p in sources:
-        d = file_digest(p) if checksums else {"size": Path(p).stat().st_size, "sha256": None}
+        if checksums and role not in cross_check:
+            d = file_digest(p)
+        else:
+            d = {"size": Path(p).stat().st_size, "sha256": None}
+            if checksums:
+                d["sha256_note"] = CROSS_CHECK_NOTE
         out.append({"role": role, "path": str(Path(p).resolve()), **d})
     return out
 
 
-def describe_sources_async(sources: list[tuple[str, Path]], *, checksums: bool = True) -> Future:
+def prefetch(paths) -> None:
+    """Ask the kernel to read these files into the page cache in the background (``POSIX_FADV_WILLNEED``):
+    the next slide's inputs come off the disk while this slide is compressed. Best effort, never raises."""
+    advise = getattr(os, "posix_fadvise", None)
+    if advise is None:
+        return
+    for p in paths:
+        try:
+            fd = os.open(p, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            advise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+
+
+def describe_sources_async(sources: list[tuple[str, Path]], *, checksums: bool = True,
+                           cross_check: tuple[str, ...] = ()) -> Future:
     """Start :func:`describe_sources` on a background thread; ``.result()`` gives the list."""
     global _POOL
     if _POOL is None:
         _POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clam2sam-sha256")
-    return _POOL.submit(describe_sources, list(sources), checksums=checksums)
+    return _POOL.submit(describe_sources, list(sources), checksums=checksums, cross_check=cross_check)

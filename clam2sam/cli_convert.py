@@ -115,12 +115,16 @@ def _summary(console: Console, report, out: Path, report_path: Path) -> None:
 @click.option("--codec", type=click.Choice(["zstd", "lz4", "none"]), default="zstd", show_default=True,
               help="Blosc codec for the store's arrays (lz4: faster, slightly larger; see README benchmarks).")
 @click.option("--clevel", type=click.IntRange(0, 9), default=3, show_default=True, help="Compression level.")
-@click.option("--no-checksums", is_flag=True, help="Record source sizes only, no sha256 (faster on huge archives).")
+@click.option("--checksums", "checksums", type=click.Choice(["stored", "all", "none"]), default="stored",
+              show_default=True,
+              help="sha256 of the source files: 'stored' = every file whose content goes into the store (a CLAM "
+                   ".pt beside its h5 is only cross-checked: size recorded), 'all' = also those, 'none' = sizes only.")
+@click.option("--no-checksums", is_flag=True, help="Same as --checksums none (faster on huge archives).")
 @opt.break_stale_lock_option
 @opt.json_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary table (errors still shown).")
 @add_sam_options
-def command(archive: Path, out: Path, no_process_list: bool, slides, report_path, no_checksums: bool,
+def command(archive: Path, out: Path, no_process_list: bool, slides, report_path, checksums: str, no_checksums: bool,
             as_json: bool, quiet: bool, **kwargs) -> int:
     """Convert a CLAM / TRIDENT / SAM-MIL feature archive into one Zarr store with SAM segments.
 
@@ -131,7 +135,9 @@ def command(archive: Path, out: Path, no_process_list: bool, slides, report_path
     if build_sam_provider is not None:
         provider = build_sam_provider(kwargs, kwargs.get("slides_dir"), store=out)
     options = ConvertOptions(archive=archive, out=out, use_process_list=not no_process_list, slides=slides,
-                             report_path=report_path, checksums=not no_checksums,
+                             report_path=report_path,
+                             checksums=False if no_checksums or checksums == "none" else
+                             ("all" if checksums == "all" else True),
                              **{k: kwargs[k] for k in _KEYS if k in kwargs})
     console = Console(stderr=True)
     rp = report_path or out / REPORT_NAME

@@ -15,6 +15,7 @@ unless ``skip_errors``; completed slides are always kept. A JSON report is writt
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import pickle
 import shutil
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -23,9 +24,11 @@ from pathlib import Path
 from typing import Callable
 
 from clam2sam import schema
-from clam2sam.convert_slide import SegmentProvider, SlideJob, run_job_safe
+from clam2sam.checksums import prefetch
+from clam2sam.convert_slide import SegmentProvider, SlideJob, input_paths, run_job_safe
 from clam2sam.discover import LAYOUTS, discover
 from clam2sam.errors import InputFormatError, StoreError, UsageError
+from clam2sam.fast_write import encode_threads
 from clam2sam.ids import normalise_slide_id, slide_key
 from clam2sam.process_list import PROCESS_LIST_NAME, read_dataset_csv, read_mpp_csv, read_process_list
 from clam2sam.report import Report
@@ -65,7 +68,7 @@ class ConvertOptions:
     skip_errors: bool = False
     workers: int = 1
     report_path: Path | None = None
-    checksums: bool = True
+    checksums: bool | str = True              # True: files stored from; "all": + cross-check-only .pt; False
     break_stale_lock: bool = False
     clevel: int = 3
     codec: str = "zstd"
@@ -247,6 +250,11 @@ def _record(o, writer: StoreWriter, report: Report, sid: str, status: str, res) 
     return True
 
 
+def _worker_init(threads: int) -> None:
+    """Worker process start: its share of the encode threads (:func:`clam2sam.fast_write.encode_threads`)."""
+    os.environ["CLAM2SAM_THREADS"] = str(threads)
+
+
 def _run(o: ConvertOptions, writer: StoreWriter, pending, report: Report, provider, progress) -> None:
     if o.dask_scheduler or o.dask_local:
         from clam2sam.dask_run import run_on_dask
@@ -263,8 +271,14 @@ def _run(o: ConvertOptions, writer: StoreWriter, pending, report: Report, provid
             report.warn("the segment provider cannot be sent to worker processes: converting with --workers 1")
             workers = 1
     if workers <= 1:
+        jobs = [j for _, j in pending if isinstance(j, SlideJob)]
+        nxt = {id(a): b for a, b in zip(jobs, jobs[1:])}
+        if jobs:
+            prefetch(input_paths(jobs[0].files))
         for sid, job in pending:
             if isinstance(job, SlideJob):
+                if id(job) in nxt:  # the next slide's files come off the disk while this one is converted
+                    prefetch(input_paths(nxt[id(job)].files))
                 job.expected_dim = writer.root.attrs.get("feature_dim")
                 job.expected_dtype = writer.root.attrs.get("feature_dtype")
                 status, res = run_job_safe(job, provider)
@@ -283,7 +297,9 @@ def _run(o: ConvertOptions, writer: StoreWriter, pending, report: Report, provid
             if not _record(o, writer, report, sid, "error", job):
                 return
     jobs = [(sid, j) for sid, j in pending if isinstance(j, SlideJob)]
-    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as ex:
+    threads = max(1, encode_threads() // workers)  # the CPUs are shared out: no oversubscription
+    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"), initializer=_worker_init,
+                             initargs=(threads,)) as ex:
         futs = {ex.submit(run_job_safe, j, provider): sid for sid, j in jobs}
         stop = False
         for fut in as_completed(futs):

@@ -43,7 +43,7 @@ class SlideJob:
     process_list: dict | None = None
     encoder: str | None = None
     expect_pt: bool = False
-    checksums: bool = True
+    checksums: bool | str = True             # True: files stored from; "all": also cross-check-only files
     clevel: int = 3
     codec: str = "zstd"
     expected_dim: int | None = None
@@ -88,6 +88,12 @@ def _check_store_compat(job: SlideJob, dim: int, dtype) -> None:
                          fix="convert slides of one dtype per store (no silent casting)")
 
 
+def input_paths(files: SlideFiles) -> list[Path]:
+    """The files a conversion reads in full (for :func:`clam2sam.checksums.prefetch`)."""
+    return [p for p in (files.features_h5 or files.features_pt, files.patches_h5, files.sam_info_h5,
+                        files.segments_pkl) if p is not None]
+
+
 def run_job(job: SlideJob, segment_provider: SegmentProvider | None = None) -> SlideResult:
     """Convert and write one slide; raises a Clam2SamError naming slide, file and fix on bad input."""
     t0 = time.perf_counter()
@@ -98,7 +104,9 @@ def run_job(job: SlideJob, segment_provider: SegmentProvider | None = None) -> S
     use_pickle = segment_provider is None and f.segments_pkl is not None
     if use_pickle:
         roles.append(("segments_pkl", f.segments_pkl))
-    digests = describe_sources_async(roles, checksums=job.checksums)  # overlaps with reading
+    # a .pt beside its h5 is only cross-checked (rows + samples), not stored: hashed with --checksums all
+    cross = ("features_pt",) if f.features_h5 is not None and job.checksums != "all" else ()
+    digests = describe_sources_async(roles, checksums=bool(job.checksums), cross_check=cross)  # overlaps reading
     loaded = read_slide_inputs(f, layout=job.layout, patch_size_level0=job.patch_size_level0,
                                legacy_downsample=job.legacy_downsample, expect_pt=job.expect_pt)
     warns = list(loaded.warnings)

@@ -1,31 +1,126 @@
-"""Fast whole-array reads of the store's own arrays (one shard file -> one ``read()`` -> decode in place).
+"""Fast whole-array reads of the store's own arrays (one shard file, read straight into the output).
 
 zarr 3.1's generic path reads a sharded array chunk by chunk through its async machinery, which costs
 about 2x the decode time on small machines. The store writes every per-slide array as exactly one shard
-(``clam2sam.store.write_slide_group``), so a whole-array read can be done with one file read, the shard
-index at its end, and one Blosc decompression per inner chunk straight into the output buffer.
+(``clam2sam.store.write_slide_group`` / ``clam2sam.fast_write``), so a whole-array read needs only the shard
+index at the end of the file and then, per inner chunk, one ``pread`` and (with Blosc) one decompression
+straight into the output buffer:
+
+* codec ``none``: the chunk bytes *are* the output bytes. When the chunks lie back to back in order (what
+  both writers produce) the whole data region is read with ``preadv`` directly into the output array (split
+  over the read threads for large arrays); otherwise chunk by chunk, still into the output.
+* ``blosc``: inner chunks are read and decompressed in parallel by a small per-process thread pool (Blosc's
+  context API, used off the main thread, releases the GIL), each thread reading into its own reused
+  scratch buffer and decompressing into its slice of the output.
+
+Threads: ``CLAM2SAM_THREADS`` if set, else :func:`set_read_threads`, else the usable CPUs. The pool is
+created lazily and re-created after a fork (a forked DataLoader worker cannot use its parent's threads).
 
 Only the layout this project writes is handled: a local directory store, ``regular`` chunk grid with a
 single shard along axis 0 covering the array, ``sharding_indexed`` with inner codecs ``bytes`` (little
 endian) [+ ``blosc``] and index codecs ``bytes`` + ``crc32c`` at the end. Anything else returns ``None`` and
-the caller falls back to zarr. The shard index checksum is verified (CRC32C), so a corrupt shard raises
-``ValueError`` just as zarr would.
+the caller falls back to zarr. The shard index checksum is verified (CRC32C) and every chunk's extent and
+Blosc header are checked against the file, so a corrupt or truncated shard raises ``ValueError`` (zarr would
+raise too) instead of returning garbage.
 """
 from __future__ import annotations
 
 import json
 import os
+import struct
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
-_EMPTY = np.uint64(2**64 - 1)
+_EMPTY = 2**64 - 1
+_BLOSC_HEADER = struct.Struct("<4B3I")   # version, versionlz, flags, typesize, nbytes, blocksize, cbytes
+SMALL_BYTES = 1 << 20                    # arrays (stored bytes) below this are read inline, no thread hop
+_SPLIT_ALIGN = 1 << 16                   # codec none: per-thread pieces of a contiguous read, aligned
+
+_POOL: tuple[int, int, ThreadPoolExecutor] | None = None   # (pid, threads, pool)
+_POOL_LOCK = threading.Lock()
+_THREADS_SET: int | None = None
+_TLS = threading.local()
 
 
-def _crc32c(data: bytes) -> int:
+# ------------------------------------------------------------------------------------------ threads
+
+def _usable_cpus() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def read_threads() -> int:
+    """Threads per whole-array read: ``CLAM2SAM_THREADS``, else :func:`set_read_threads`, else CPUs."""
+    v = os.environ.get("CLAM2SAM_THREADS")
+    if v:
+        try:
+            return max(1, int(v))
+        except ValueError:
+            pass
+    if _THREADS_SET is not None:
+        return _THREADS_SET
+    return _usable_cpus()
+
+
+def set_read_threads(n: int | None) -> None:
+    """Set this process's read threads (``None``: back to the CPU count); ``CLAM2SAM_THREADS`` still wins.
+
+    Meant for DataLoader workers: with W workers on C CPUs each should use about C // W threads.
+    """
+    global _THREADS_SET
+    _THREADS_SET = None if n is None else max(1, int(n))
+
+
+def _pool(n: int) -> ThreadPoolExecutor:
+    """The process's read pool with ``n`` threads (new after a fork or when ``n`` changed)."""
+    global _POOL
+    with _POOL_LOCK:
+        pid = os.getpid()
+        if _POOL is None or _POOL[0] != pid or _POOL[1] != n:
+            if _POOL is not None and _POOL[0] == pid:
+                _POOL[2].shutdown(wait=False)
+            _POOL = (pid, n, ThreadPoolExecutor(max_workers=n, thread_name_prefix="clam2sam-read"))
+        return _POOL[2]
+
+
+def _scratch(n: int) -> np.ndarray:
+    """A reused per-thread byte buffer of at least ``n`` bytes (already paged in after first use)."""
+    buf = getattr(_TLS, "buf", None)
+    if buf is None or buf.nbytes < n:
+        buf = _TLS.buf = np.empty(max(n, 1 << 16), dtype=np.uint8)
+    return buf[:n]
+
+
+def _scratch2(n: int) -> np.ndarray:
+    """A second per-thread buffer (decoded partial last chunk)."""
+    buf = getattr(_TLS, "buf2", None)
+    if buf is None or buf.nbytes < n:
+        buf = _TLS.buf2 = np.empty(max(n, 1 << 16), dtype=np.uint8)
+    return buf[:n]
+
+
+# ------------------------------------------------------------------------------------------ helpers
+
+def _crc32c(data) -> int:
     from google_crc32c import value  # zarr's own dependency for the crc32c codec
 
-    return value(data)
+    return value(bytes(data))
+
+
+def _pread_into(fd: int, dest, offset: int, what: str) -> None:
+    """Fill the writable buffer ``dest`` from ``fd`` at ``offset`` (loops over short reads)."""
+    mv = memoryview(dest).cast("B")
+    got, n = 0, mv.nbytes
+    while got < n:
+        r = os.preadv(fd, [mv[got:]], offset + got)
+        if r <= 0:
+            raise ValueError(f"{what}: unexpected end of file (truncated)")
+        got += r
 
 
 def _parse(meta: dict):
@@ -60,24 +155,49 @@ def _parse(meta: dict):
     shape = tuple(meta["shape"])
     shard = tuple(grid["configuration"]["chunk_shape"])
     chunk = tuple(cfg["chunk_shape"])
-    if not shape or shard[0] < shape[0] or shard[1:] != shape[1:] or chunk[1:] != shape[1:]:
+    if not shape or len(shard) != len(shape) or len(chunk) != len(shape):
+        return None
+    if shard[0] < shape[0] or shard[1:] != shape[1:] or chunk[1:] != shape[1:] or chunk[0] <= 0:
         return None
     try:
         dtype = np.dtype(meta["data_type"]).newbyteorder("<")
     except TypeError:
         return None
+    if dtype.hasobject or dtype.itemsize == 0:
+        return None
     return shape, dtype, meta.get("fill_value", 0), shard, chunk, blosc
 
 
-def read_whole_array(array_dir: str | os.PathLike) -> np.ndarray | None:
+def _wait_all(futs) -> None:
+    """Wait for every task (the file must stay open until all are done), then raise the first error."""
+    err = None
+    for f in futs:
+        try:
+            f.result()
+        except BaseException as e:  # noqa: BLE001 - re-raised below, after the others finished
+            err = err or e
+    if err is not None:
+        raise err
+
+
+def _fill(out: np.ndarray, r0: int, r1: int, fill) -> None:
+    out[r0:r1] = fill if fill is not None else 0
+
+
+# ------------------------------------------------------------------------------------------ read
+
+def read_whole_array(array_dir: str | os.PathLike, *, threads: int | None = None) -> np.ndarray | None:
     """Read a whole single-shard array written by this project, or return None to let zarr do it.
 
+    ``threads``: read/decode threads (default :func:`read_threads`); 1 reads serially in the caller.
+
     Raises:
-        ValueError: the shard is truncated or its index checksum does not match.
+        ValueError: the shard is truncated, its index checksum does not match, or a chunk is malformed.
     """
     array_dir = Path(array_dir)
     try:
-        meta = json.loads((array_dir / "zarr.json").read_text())
+        with open(array_dir / "zarr.json", "rb") as f:
+            meta = json.loads(f.read())
     except (OSError, ValueError):
         return None
     parsed = _parse(meta)
@@ -88,43 +208,98 @@ def read_whole_array(array_dir: str | os.PathLike) -> np.ndarray | None:
     n_inner = shard[0] // rows
     if n_inner * rows != shard[0]:
         return None
-    out = np.empty((shard[0],) + tuple(shape[1:]), dtype=dtype)   # (shard_rows, ...) then trimmed
+    out = np.empty(shape, dtype=dtype)
+    if out.nbytes == 0:
+        return out.astype(dtype.newbyteorder("="), copy=False)
     shard_file = array_dir.joinpath("c", *(["0"] * len(shape)))
-    if shape[0] == 0:
-        return out[:0].astype(dtype.newbyteorder("="), copy=False)
     try:
-        with open(shard_file, "rb") as f:
-            data = f.read()
+        fd = os.open(shard_file, os.O_RDONLY)
     except FileNotFoundError:                                       # every chunk equal to the fill value
-        out[...] = fill if fill is not None else 0
-        return out[: shape[0]]
+        _fill(out, 0, shape[0], fill)
+        return out.astype(dtype.newbyteorder("="), copy=False)
+    try:
+        _read_shard(fd, str(shard_file), out, rows, n_inner, fill, blosc,
+                    read_threads() if threads is None else max(1, int(threads)))
+    finally:
+        os.close(fd)
+    return out if dtype.isnative else out.astype(dtype.newbyteorder("="))
+
+
+def _read_shard(fd: int, name: str, out: np.ndarray, rows: int, n_inner: int, fill, blosc: bool,
+                threads: int) -> None:
+    size = os.fstat(fd).st_size
     idx_bytes = 16 * n_inner
-    if len(data) < idx_bytes + 4:
-        raise ValueError(f"shard {shard_file} is truncated ({len(data)} bytes)")
-    index_raw = data[-(idx_bytes + 4):-4]
-    crc = int.from_bytes(data[-4:], "little")
-    if _crc32c(index_raw) != crc:
-        raise ValueError(f"shard {shard_file}: index checksum mismatch (corrupt or truncated file)")
-    index = np.frombuffer(index_raw, dtype="<u8").reshape(n_inner, 2)  # (offset, nbytes) per inner chunk
-    view = memoryview(data)
-    chunk_bytes = rows * int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
-    flat = out.reshape(n_inner, -1).view(np.uint8).reshape(n_inner, -1)  # (n_inner, chunk_bytes)
-    if blosc:
-        from numcodecs import blosc as _blosc
-    for k in range(n_inner):
-        off, nb = index[k]
-        if off == _EMPTY and nb == _EMPTY:
-            out[k * rows:(k + 1) * rows] = fill if fill is not None else 0
+    data_end = size - idx_bytes - 4                                # chunks must end before the index
+    if data_end < 0:
+        raise ValueError(f"shard {name} is truncated ({size} bytes)")
+    tail = bytearray(idx_bytes + 4)
+    _pread_into(fd, tail, data_end, f"shard {name}")
+    crc = int.from_bytes(tail[-4:], "little")
+    if _crc32c(memoryview(tail)[:idx_bytes]) != crc:
+        raise ValueError(f"shard {name}: index checksum mismatch (corrupt or truncated file)")
+    index = np.frombuffer(bytes(tail[:idx_bytes]), dtype="<u8").reshape(n_inner, 2)   # (offset, nbytes)
+
+    n_rows = out.shape[0]
+    row_bytes = out.nbytes // n_rows
+    chunk_bytes = rows * row_bytes
+    total = out.nbytes
+    n_used = -(-n_rows // rows)                                    # chunks past the array are never read
+    flat = out.reshape(-1).view(np.uint8)
+    offs = [int(v) for v in index[:n_used, 0]]
+    nbs = [int(v) for v in index[:n_used, 1]]
+    stored = 0
+    for k in range(n_used):
+        if offs[k] == _EMPTY and nbs[k] == _EMPTY:
             continue
-        off, nb = int(off), int(nb)
-        if off + nb > len(data) - idx_bytes - 4:
-            raise ValueError(f"shard {shard_file}: chunk {k} lies outside the file (truncated)")
-        src = view[off:off + nb]
-        if blosc:
-            _blosc.decompress(src, flat[k])
-        else:
-            if nb != chunk_bytes:
-                raise ValueError(f"shard {shard_file}: chunk {k} has {nb} bytes, expected {chunk_bytes}")
-            flat[k] = np.frombuffer(src, dtype=np.uint8)
-    res = out[: shape[0]]
-    return res if dtype.isnative else res.astype(dtype.newbyteorder("="))
+        if offs[k] + nbs[k] > data_end:
+            raise ValueError(f"shard {name}: chunk {k} lies outside the file (truncated)")
+        if not blosc and nbs[k] != chunk_bytes:
+            raise ValueError(f"shard {name}: chunk {k} has {nbs[k]} bytes, expected {chunk_bytes}")
+        stored += nbs[k]
+    use_pool = threads > 1 and n_used > 1 and stored >= SMALL_BYTES
+
+    if not blosc:
+        contiguous = all(offs[k] == offs[0] + k * chunk_bytes for k in range(n_used))
+        if contiguous:                                             # one read of the data region into out
+            if not use_pool:
+                _pread_into(fd, flat, offs[0], f"shard {name}")
+                return
+            step = -(-total // threads)
+            step = -(-step // _SPLIT_ALIGN) * _SPLIT_ALIGN
+            pieces = [(a, min(a + step, total)) for a in range(0, total, step)]
+            pool = _pool(threads)
+            _wait_all([pool.submit(_pread_into, fd, flat[a:b], offs[0] + a, f"shard {name}") for a, b in pieces])
+            return
+
+    def one(k: int) -> None:
+        a = k * chunk_bytes
+        b = min(a + chunk_bytes, total)
+        if offs[k] == _EMPTY and nbs[k] == _EMPTY:
+            _fill(out, k * rows, min((k + 1) * rows, n_rows), fill)
+            return
+        if not blosc:                                              # a raw chunk: its prefix is the rows we keep
+            _pread_into(fd, flat[a:b], offs[k], f"shard {name}")
+            return
+        src = _scratch(nbs[k])
+        _pread_into(fd, src, offs[k], f"shard {name}")
+        if nbs[k] < _BLOSC_HEADER.size:
+            raise ValueError(f"shard {name}: chunk {k} is too short for a Blosc header")
+        _v, _vl, _flags, _ts, nbytes, _bs, cbytes = _BLOSC_HEADER.unpack_from(src)
+        if nbytes != chunk_bytes or cbytes > nbs[k]:
+            raise ValueError(f"shard {name}: chunk {k} has a bad Blosc header "
+                             f"(nbytes {nbytes}, cbytes {cbytes}; expected {chunk_bytes} from {nbs[k]} bytes)")
+        from numcodecs import blosc as _blosc
+
+        if b - a == chunk_bytes:
+            _blosc.decompress(src, flat[a:b])
+        else:                                                      # partial last chunk: decode aside, copy rows
+            dst = _scratch2(chunk_bytes)
+            _blosc.decompress(src, dst)
+            flat[a:b] = dst[: b - a]
+
+    if use_pool:
+        pool = _pool(threads)
+        _wait_all([pool.submit(one, k) for k in range(n_used)])
+    else:
+        for k in range(n_used):
+            one(k)

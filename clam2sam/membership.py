@@ -161,8 +161,14 @@ def assign_membership(coords: np.ndarray, patch_size_level0: float, maskset: Mas
                       segment_sam_area=areas[src] if len(src) else np.zeros(0, np.int64))
 
 
+GROUP_BLOCK = 4096  # member rows gathered at a time (bounds the temporary of scattered members)
+
+
 def group_means(features: np.ndarray, indptr: np.ndarray, indices: np.ndarray) -> np.ndarray:
     """Mean member feature per segment, accumulated in float64 (no full-slide float64 copy).
+
+    Contiguous members are reduced in place; scattered ones are gathered GROUP_BLOCK rows at a time, so the
+    extra memory is bounded by a few MB whatever the segment size.
 
     Returns:
         ``(S, D)`` float32 (float64 when features are float64); NaN rows for empty segments.
@@ -170,14 +176,20 @@ def group_means(features: np.ndarray, indptr: np.ndarray, indices: np.ndarray) -
     out_dtype = np.float64 if features.dtype == np.float64 else np.float32
     S = len(indptr) - 1
     out = np.empty((S, features.shape[1]), out_dtype)
+    acc = np.empty(features.shape[1], np.float64)                       # (D,)
     for k in range(S):
         rows = indices[indptr[k]:indptr[k + 1]]
         if rows.size == 0:
             out[k] = np.nan
             continue
         lo, hi = int(rows[0]), int(rows[-1]) + 1
-        block = features[lo:hi] if hi - lo == rows.size else features[rows]  # view when contiguous
-        out[k] = np.add.reduce(block, axis=0, dtype=np.float64) / rows.size
+        if hi - lo == rows.size:                                        # contiguous and sorted: a view
+            np.add.reduce(features[lo:hi], axis=0, dtype=np.float64, out=acc)
+        else:
+            acc[:] = 0.0
+            for b in range(0, rows.size, GROUP_BLOCK):
+                acc += np.add.reduce(features[rows[b:b + GROUP_BLOCK]], axis=0, dtype=np.float64)
+        out[k] = acc / rows.size
     return out
 
 

@@ -57,6 +57,11 @@ def test_reference_archive_reproduces_sammil(tmp_path):
     pkl = REFERENCE / "sammil/segments/cmu_small_region.pkl"
     assert src["segments_pkl"]["sha256"] == hashlib.sha256(pkl.read_bytes()).hexdigest()
     assert src["segments_pkl"]["size"] == pkl.stat().st_size
+    h5 = REFERENCE / "clam/h5_files/cmu_small_region.h5"
+    assert src["features_h5"]["sha256"] == hashlib.sha256(h5.read_bytes()).hexdigest()
+    pt = REFERENCE / "clam/pt_files/cmu_small_region.pt"   # only cross-checked against the h5: size, no hash
+    assert src["features_pt"]["sha256"] is None and "cross-check" in src["features_pt"]["sha256_note"]
+    assert src["features_pt"]["size"] == pt.stat().st_size
     ihc = r.read_slide("ihc_tiled")
     assert ihc.attrs["mpp"] is None and np.isnan(ihc.segment_areas_um2).all()
     assert ihc.segment_areas.tolist() == [845809 * 4.0] and ihc.attrs["sam"]["geometry"]["level_downsample"] == 2.0
@@ -67,6 +72,27 @@ def test_reference_archive_reproduces_sammil(tmp_path):
 
 
 _cohort = af.make_segmented_cohort
+
+
+@needs_ref
+@pytest.mark.parametrize("checksums,pt_hashed,h5_hashed", [("all", True, True), (False, False, False)])
+def test_checksum_policies(tmp_path, checksums, pt_hashed, h5_hashed):
+    out = tmp_path / "c.zarr"
+    convert_cohort(ConvertOptions(archive=REFERENCE / "clam", out=out, slides=("he_tiled",), checksums=checksums))
+    src = {d["role"]: d for d in open_store(out).slide_attrs("he_tiled")["sources"]}
+    pt, h5 = REFERENCE / "clam/pt_files/he_tiled.pt", REFERENCE / "clam/h5_files/he_tiled.h5"
+    assert src["features_pt"]["sha256"] == (hashlib.sha256(pt.read_bytes()).hexdigest() if pt_hashed else None)
+    assert src["features_h5"]["sha256"] == (hashlib.sha256(h5.read_bytes()).hexdigest() if h5_hashed else None)
+    assert src["features_pt"]["size"] == pt.stat().st_size and "sha256_note" not in src["features_pt"]
+
+
+def test_prefetch_is_best_effort(tmp_path):
+    from clam2sam.checksums import prefetch
+
+    f = tmp_path / "a.bin"
+    f.write_bytes(b"x" * 10)
+    prefetch([f, tmp_path / "missing.h5", tmp_path])   # a missing file or a folder is not an error
+    assert f.read_bytes() == b"x" * 10
 
 
 def _arrays(path):

@@ -200,3 +200,29 @@ def test_partition_drops_mask_whose_patches_all_go_to_smaller_masks():
     assert m.segment_source_index.tolist() == [1, 2]
     assert m.segment_ids.tolist() == [0, 1]
     assert np.diff(m.member_indptr).tolist() == [1, 1]
+
+
+def test_group_means_of_scattered_members_are_gathered_in_blocks(monkeypatch):
+    import clam2sam.membership as m
+
+    monkeypatch.setattr(m, "GROUP_BLOCK", 7)
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(200, 5)).astype(np.float32)
+    members = [np.sort(rng.choice(200, size=n, replace=False)) for n in (1, 7, 50, 123)]  # scattered
+    members.append(np.arange(20, 60))                                                     # contiguous
+    indptr = np.concatenate([[0], np.cumsum([len(r) for r in members])])
+    g = m.group_means(X, indptr, np.concatenate(members).astype(np.int32))
+    for k, r in enumerate(members):
+        np.testing.assert_allclose(g[k], X[r].astype(np.float64).mean(0), rtol=0, atol=1e-6)
+
+
+def test_nonfinite_rows_exact_without_false_positives():
+    from clam2sam.readers_h5 import nonfinite_rows
+
+    X = np.ones((6, 4), np.float32)
+    X[1, 2] = np.nan
+    X[3, 0] = np.inf
+    X[4] = 3e38                       # finite, but its float32 row sum overflows: must not be flagged
+    X[5, 1], X[5, 2] = np.inf, -np.inf
+    assert nonfinite_rows(X).tolist() == [1, 3, 5]
+    assert nonfinite_rows(np.zeros((3, 2), np.float16)).size == 0
