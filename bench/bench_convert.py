@@ -68,6 +68,32 @@ def _child_convert(archive: Path, out: Path, slides: list[str], codec: str, work
     emit({"seconds": secs, "cpu_s": _cpu() - c, "import_s": imports, "report": str(rep)})
 
 
+def _child_memprobe(archive: Path, smallest: str, largest: str, work: Path) -> None:
+    """Memory attributable to one slide: convert the smallest slide (every lazy import and pool now loaded),
+    then the largest one under tracemalloc; report the allocation peak and the max-RSS increment."""
+    import resource
+    import tracemalloc
+
+    import torch  # noqa: F401
+
+    from clam2sam.convert import ConvertOptions, convert_cohort
+
+    def conv(sid, out):
+        convert_cohort(ConvertOptions(archive=str(archive), out=str(out), segments_dir=str(archive / "segments"),
+                                      dataset_csv=str(archive / "dataset.csv"), slides=(sid,), overwrite=True))
+
+    conv(smallest, work / "memprobe_small.zarr")
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    tracemalloc.start()
+    conv(largest, work / "memprobe_large.zarr")
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    for d in ("memprobe_small.zarr", "memprobe_large.zarr"):
+        shutil.rmtree(work / d, ignore_errors=True)
+    emit({"tracemalloc_peak_mb": peak / 1e6, "maxrss_before_mb": rss0, "maxrss_after_mb": rss1})
+
+
 def _child_idle() -> None:
     import torch  # noqa: F401 - same imports as the converter child, nothing else
 
@@ -215,6 +241,16 @@ def run(ctx: Ctx, *, subset: int = 10, full: bool = True, configs: list | None =
             f"Idle RSS of a process that only imports torch and `clam2sam.convert`: {idle['self_peak_rss_mb']:.0f} MB. "
             "Peak RSS of one process = max over repeats of getrusage(RUSAGE_SELF / RUSAGE_CHILDREN) of the "
             "converting process and its workers; whole tree = sampled sum over parent + workers (50 ms)."]
+    smallest, largest = min(sizes, key=sizes.get), max(sizes, key=sizes.get)
+    mp_ = run_measured([PY, SELF, "_child", "memprobe", str(archive), smallest, largest, str(ctx.work)])
+    lg = sizes[largest] / 1e6
+    data["memprobe"] = {**mp_, "largest_slide": largest, "largest_slide_mb": lg}
+    body += ["", f"Memory attributable to one slide (`_child memprobe`: convert the smallest slide first so that "
+                 f"every lazy import and thread pool is loaded, then the cohort's largest slide `{largest}` "
+                 f"({lg:.0f} MB of features) under `tracemalloc`): allocation peak "
+                 f"{mp_['tracemalloc_peak_mb']:.0f} MB = **{mp_['tracemalloc_peak_mb'] / lg:.2f}x** the slide; "
+                 f"max RSS grew by {mp_['maxrss_after_mb'] - mp_['maxrss_before_mb']:.0f} MB = "
+                 f"**{(mp_['maxrss_after_mb'] - mp_['maxrss_before_mb']) / lg:.2f}x** the slide."]
     if full and not ctx.quick:
         frows = []
         data["full"] = {"slides": len(all_ids), "feature_mb": sum(sizes.values()) / 1e6,
@@ -247,6 +283,8 @@ def main(argv=None) -> int:
         elif kind == "convert":
             _child_convert(Path(rest[0]), Path(rest[1]), rest[6:], rest[2], int(rest[3]), rest[4] == "1",
                            int(rest[5]))
+        elif kind == "memprobe":
+            _child_memprobe(Path(rest[0]), rest[1], rest[2], Path(rest[3]))
         elif kind == "idle":
             _child_idle()
         return 0

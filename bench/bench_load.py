@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -41,16 +42,27 @@ def build_store(archive: Path, out: Path, slides: list[str], codec: str) -> Path
     return out
 
 
-def _time_store(store: Path, slides: list[str]) -> tuple[float, int]:
+def _time_store(store: Path, slides: list[str], threads: int | None = None) -> tuple[float, int]:
+    """``read_bag`` over ``slides``; ``threads`` forces the read threads (``CLAM2SAM_THREADS``) for this run."""
     from trainer.data import BagDataset
 
-    ds = BagDataset(str(store), slides, [0] * len(slides))   # fresh reader: opening the store is counted
-    t = time.perf_counter()
-    nb = 0
-    for i in range(len(ds)):
-        b = ds[i]
-        nb += b.features.numel() * 4
-    return time.perf_counter() - t, nb
+    old = os.environ.get("CLAM2SAM_THREADS")
+    if threads is not None:
+        os.environ["CLAM2SAM_THREADS"] = str(threads)
+    try:
+        ds = BagDataset(str(store), slides, [0] * len(slides))   # fresh reader: opening the store is counted
+        t = time.perf_counter()
+        nb = 0
+        for i in range(len(ds)):
+            b = ds[i]
+            nb += b.features.numel() * 4
+        return time.perf_counter() - t, nb
+    finally:
+        if threads is not None:
+            if old is None:
+                os.environ.pop("CLAM2SAM_THREADS", None)
+            else:
+                os.environ["CLAM2SAM_THREADS"] = old
 
 
 def _time_store_features(store: Path, slides: list[str]) -> tuple[float, int]:
@@ -102,7 +114,14 @@ def run(ctx: Ctx, *, subset: int = 10) -> Section:
     for c in codecs:
         ctx.log(f"[load] store with codec {c} for {len(sub)} slides")
         stores[c] = build_store(archive, ctx.work / f"bench_load_{c}.zarr", sub, c)
+    from clam2sam.fast_read import read_threads
+
+    n_threads = read_threads()
     methods = {f"store ({c}), trainer read_bag": (lambda c=c: _time_store(stores[c], sub)) for c in codecs}
+    if n_threads > 1 and not ctx.quick:   # diagnostic: what the read threads buy (same reader, serial decode)
+        for c in codecs:
+            methods[f"store ({c}), read_bag, 1 read thread (diagnostic)"] = (
+                lambda c=c: _time_store(stores[c], sub, threads=1))
     methods["zarr API (zstd store), features array only (diagnostic)"] = lambda: _time_store_features(stores["zstd"], sub)
     methods["torch.load pt_files (features only)"] = lambda: _time_pt(archive, sub)
     methods["h5py per-slide read (features + coords)"] = lambda: _time_h5(archive, sub)
@@ -119,7 +138,8 @@ def run(ctx: Ctx, *, subset: int = 10) -> Section:
         ctx.log(f"[load] repeat {r + 1}/{reps}: " + ", ".join(f"{k.split(',')[0]} {times[k][-1]:.2f}s" for k in times))
     pt_key = "torch.load pt_files (features only)"
     pt_bps = len(sub) / median(times[pt_key])
-    rows, data = [], {"slides": len(sub), "threads": torch.get_num_threads(), "methods": {}}
+    rows, data = [], {"slides": len(sub), "threads": torch.get_num_threads(), "read_threads": n_threads,
+                      "methods": {}}
     for k in methods:
         med = median(times[k])
         bps = len(sub) / med
@@ -130,7 +150,8 @@ def run(ctx: Ctx, *, subset: int = 10) -> Section:
                                                            weights_only=True).shape[1]))
     body = [f"{len(sub)} slides of `{archive}` ({n_patches:,} patches, {nbytes[pt_key] / 1e6:.0f} MB float32 "
             f"features), page cache warm, {reps} interleaved repeats, medians; one process, "
-            f"{torch.get_num_threads()} torch threads.", "",
+            f"{torch.get_num_threads()} torch threads, {n_threads} store read threads "
+            f"(`CLAM2SAM_THREADS`, default: usable CPUs).", "",
             md_table(["reader", "bags / s", "feature MB / s", "x torch.load", "target: store >= pt"], rows)]
     return Section("load", "2. Loading (bags per second, warm cache)", "\n".join(body), data)
 

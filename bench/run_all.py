@@ -124,6 +124,13 @@ def glance(out: Path) -> list[str]:
         mem = (c["peak_proc_rss_mb"] - d["idle_rss_mb"]) / d["largest_slide_mb"]
         rows.append(["convert peak RSS above idle / largest slide (1 worker, zstd)", "~2x", f"{mem:.2f}x",
                      "met" if mem <= 2.5 else "MISSED"])
+        if d.get("memprobe"):
+            m = d["memprobe"]
+            for lab, v in (("allocation peak (tracemalloc)", m["tracemalloc_peak_mb"]),
+                           ("max-RSS increment", m["maxrss_after_mb"] - m["maxrss_before_mb"])):
+                r = v / m["largest_slide_mb"]
+                rows.append([f"convert {lab} for the largest slide / its size", "~2x", f"{r:.2f}x",
+                             "met" if r <= 2.5 else "MISSED"])
     d = data("load")
     if d and d.get("methods"):
         for lab, m in d["methods"].items():

@@ -30,7 +30,6 @@ import os
 import struct
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 
@@ -180,6 +179,31 @@ def _wait_all(futs) -> None:
         raise err
 
 
+_META: dict[str, tuple[tuple, object]] = {}    # zarr.json path -> (stat key, parsed layout or None)
+_META_MAX = 65536
+
+
+def _metadata(path: str):
+    """``_parse`` of an array's ``zarr.json``, cached per path while the file's stat is unchanged."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    key = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    hit = _META.get(path)
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    try:
+        with open(path, "rb") as f:
+            parsed = _parse(json.loads(f.read()))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    if len(_META) >= _META_MAX:
+        _META.clear()
+    _META[path] = (key, parsed)
+    return parsed
+
+
 def _fill(out: np.ndarray, r0: int, r1: int, fill) -> None:
     out[r0:r1] = fill if fill is not None else 0
 
@@ -194,13 +218,8 @@ def read_whole_array(array_dir: str | os.PathLike, *, threads: int | None = None
     Raises:
         ValueError: the shard is truncated, its index checksum does not match, or a chunk is malformed.
     """
-    array_dir = Path(array_dir)
-    try:
-        with open(array_dir / "zarr.json", "rb") as f:
-            meta = json.loads(f.read())
-    except (OSError, ValueError):
-        return None
-    parsed = _parse(meta)
+    array_dir = os.fspath(array_dir)
+    parsed = _metadata(os.path.join(array_dir, "zarr.json"))
     if parsed is None:
         return None
     shape, dtype, fill, shard, chunk, blosc = parsed
@@ -211,14 +230,14 @@ def read_whole_array(array_dir: str | os.PathLike, *, threads: int | None = None
     out = np.empty(shape, dtype=dtype)
     if out.nbytes == 0:
         return out.astype(dtype.newbyteorder("="), copy=False)
-    shard_file = array_dir.joinpath("c", *(["0"] * len(shape)))
+    shard_file = os.path.join(array_dir, "c", *(["0"] * len(shape)))
     try:
         fd = os.open(shard_file, os.O_RDONLY)
     except FileNotFoundError:                                       # every chunk equal to the fill value
         _fill(out, 0, shape[0], fill)
         return out.astype(dtype.newbyteorder("="), copy=False)
     try:
-        _read_shard(fd, str(shard_file), out, rows, n_inner, fill, blosc,
+        _read_shard(fd, shard_file, out, rows, n_inner, fill, blosc,
                     read_threads() if threads is None else max(1, int(threads)))
     finally:
         os.close(fd)

@@ -150,7 +150,7 @@ def write_array(array_dir: str | os.PathLike, data: np.ndarray, *, rows: int, sh
             for k in range(n_inner):
                 put(k, encode(block(k)))
         else:
-            pool, window = _pool(), 2 * encode_threads()
+            pool, window = _pool(), encode_threads() + 1   # chunks in flight: bounded memory
             pending: deque = deque()
             for k in range(n_inner):
                 pending.append((k, pool.submit(lambda kk: encode(block(kk)), k)))

@@ -64,6 +64,7 @@ class StoreReader:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
+        self._slides_dir = os.fspath(self.path / schema.SLIDES_GROUP)
         zj = self.path / "zarr.json"
         if not zj.exists():
             raise StoreError("not a clam2sam store (no zarr.json)", path=self.path,
@@ -105,7 +106,7 @@ class StoreReader:
 
     def read_array(self, slide_id: str, name: str) -> np.ndarray:
         """One whole array of a slide (fast single-read path for the store's own layout, else zarr)."""
-        adir = self.path / schema.SLIDES_GROUP / slide_key(slide_id) / name
+        adir = os.path.join(self._slides_dir, slide_key(slide_id), name)   # str joins: hot path, ~6 calls/bag
         try:
             fast = read_whole_array(adir)
         except Exception as e:  # noqa: BLE001 - corrupt / truncated shard, codec (blosc RuntimeError), bad json

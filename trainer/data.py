@@ -170,22 +170,30 @@ def load_cohort(store_path: str, labels_csv: str | None = None, classes: list[st
 # ---------------------------------------------------------------------------------------- dataset
 
 def read_bag(reader, slide_id: str, label: int) -> Bag:
-    """Read one slide: open its group once, one contiguous read per array."""
+    """Read one slide: one file per array, read straight into the arrays the tensors wrap (no feature copy)."""
     arr = {}
-    for name in BAG_ARRAYS:  # StoreReader.read_array: one file read per array, StoreError naming slide+array
+    for name in BAG_ARRAYS:  # StoreReader.read_array: one shard per array, StoreError naming slide+array
         arr[name] = reader.read_array(slide_id, name)
-    feats = torch.from_numpy(np.ascontiguousarray(arr["features"])).float()
+    feats = _tensor(arr["features"], np.float32)     # float32 store: wraps the array read, no copy
     if feats.ndim != 2 or feats.shape[0] == 0:
         raise TrainError(f"slide has no patches (features shape {tuple(feats.shape)})", slide=slide_id,
                          path=reader.path, fix="remove it from the labels CSV or re-convert it")
-    gf = torch.from_numpy(np.ascontiguousarray(arr["group_features"])).float().reshape(-1, feats.shape[1])
+    gf = _tensor(arr["group_features"], np.float32).reshape(-1, feats.shape[1])
     return Bag(
         slide_id=slide_id, features=feats, group_features=gf,
-        segment_ids=torch.from_numpy(arr["segment_ids"].astype(np.int64)),
-        segment_sizes=torch.from_numpy(arr["segment_sizes"].astype(np.int64)),
-        segment_sam_area=torch.from_numpy(arr["segment_sam_area"].astype(np.float64)),
-        patch_sam_area=torch.from_numpy(arr["patch_sam_area"].astype(np.float64)),
+        segment_ids=_tensor(arr["segment_ids"], np.int64),
+        segment_sizes=_tensor(arr["segment_sizes"], np.int64),
+        segment_sam_area=_tensor(arr["segment_sam_area"], np.float64),
+        patch_sam_area=_tensor(arr["patch_sam_area"], np.float64),
         label=torch.tensor(int(label), dtype=torch.int64))
+
+
+def _tensor(a: np.ndarray, dtype) -> torch.Tensor:
+    """``a`` as a tensor of ``dtype``; copies only when the dtype differs or ``a`` is not a writable C array."""
+    a = np.asarray(a)
+    if not (a.flags.c_contiguous and a.flags.writeable and a.dtype.isnative):
+        a = np.array(a, order="C")
+    return torch.from_numpy(a.astype(dtype, copy=False))
 
 
 class BagDataset(Dataset):
@@ -213,6 +221,15 @@ class BagDataset(Dataset):
         import os
 
         if self._reader is None or self._pid != os.getpid():
+            info = torch.utils.data.get_worker_info()
+            if info is not None and info.num_workers > 1:   # W workers share the CPUs: C // W read threads each
+                from clam2sam.fast_read import set_read_threads
+
+                try:
+                    cpus = len(os.sched_getaffinity(0))
+                except (AttributeError, OSError):
+                    cpus = os.cpu_count() or 1
+                set_read_threads(max(1, cpus // info.num_workers))
             self._reader, self._pid = open_store(self.store_path), os.getpid()
         return self._reader
 
