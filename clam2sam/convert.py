@@ -70,8 +70,8 @@ class ConvertOptions:
     report_path: Path | None = None
     checksums: bool | str = True              # True: files stored from; "all": + cross-check-only .pt; False
     break_stale_lock: bool = False
-    clevel: int = 3
-    codec: str = "zstd"
+    clevel: int | None = None               # None: the codec's default (lz4 9, zstd 3)
+    codec: str = "lz4"
     dask_scheduler: str | None = None         # tcp://HOST:PORT of a running Dask cluster (clam2sam.dask_run)
     dask_local: int | None = None             # start a LocalCluster of N worker processes
     extra: dict = field(default_factory=dict)  # reserved for plug-ins

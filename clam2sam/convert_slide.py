@@ -44,8 +44,8 @@ class SlideJob:
     encoder: str | None = None
     expect_pt: bool = False
     checksums: bool | str = True             # True: files stored from; "all": also cross-check-only files
-    clevel: int = 3
-    codec: str = "zstd"
+    clevel: int | None = None               # None: the codec's default (lz4 9, zstd 3)
+    codec: str = "lz4"
     expected_dim: int | None = None
     expected_dtype: str | None = None
 

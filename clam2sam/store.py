@@ -35,7 +35,8 @@ from clam2sam.slide_arrays import SlideArrays
 from clam2sam.store_lock import LOCK_NAME, acquire_lock, lock_is_stale, read_lock
 
 __all__ = ["SlideArrays", "StoreWriter", "StoreReader", "open_store", "write_slide_group", "list_slide_keys",
-           "acquire_lock", "read_lock", "lock_is_stale", "LOCK_NAME", "CODECS", "DEFAULT_CODEC"]
+           "acquire_lock", "read_lock", "lock_is_stale", "LOCK_NAME", "CODECS", "DEFAULT_CODEC", "DEFAULT_CLEVEL",
+           "resolve_clevel"]
 
 CHUNK_BYTES = 4 << 20  # ~4 MiB uncompressed per chunk
 # Kept by --overwrite: the SAM pass cache (entries are keyed by model, checkpoint, parameters and geometry,
@@ -43,12 +44,23 @@ CHUNK_BYTES = 4 << 20  # ~4 MiB uncompressed per chunk
 KEEP_ON_OVERWRITE = ("sam_cache",)
 
 
-CODECS = ("zstd", "lz4", "none")
-DEFAULT_CODEC = "zstd"
+CODECS = ("lz4", "zstd", "none")
+# Blosc-LZ4 by default: on 2 cores, training reads of a Blosc-zstd store decode at 0.7-0.8x the speed of
+# torch.load of CLAM .pt files, Blosc-LZ4 at 1.2-1.7x, for a ~3 % larger store at clevel 9 (bench/RESULTS.md).
+DEFAULT_CODEC = "lz4"
+DEFAULT_CLEVEL = {"lz4": 9, "zstd": 3, "none": 0}   # per codec, used when no clevel is given
 
 
-def _compressor(codec: str = DEFAULT_CODEC, clevel: int = 3) -> tuple:
+def resolve_clevel(codec: str, clevel: int | None) -> int:
+    """The compression level to use: ``clevel`` when given, else the codec's default."""
+    if codec not in CODECS:
+        raise UsageError(f"unknown codec {codec!r}; choose one of {', '.join(CODECS)}")
+    return DEFAULT_CLEVEL[codec] if clevel is None else int(clevel)
+
+
+def _compressor(codec: str = DEFAULT_CODEC, clevel: int | None = None) -> tuple:
     """Blosc codec tuple for ``compressors=`` (``()`` = uncompressed)."""
+    clevel = resolve_clevel(codec, clevel)
     if codec == "none":
         return ()
     if codec not in CODECS:
@@ -89,20 +101,20 @@ class StoreWriter:
         overwrite: delete an existing store first.
         lock: take the store's write lock (workers writing single slides for a client pass False).
         break_stale_lock: clear a lock left by a dead process.
-        codec: Blosc inner codec: "zstd" (default), "lz4" (faster, larger) or "none".
-        clevel: compression level.
+        codec: Blosc inner codec: "lz4" (default: fast to write and to read), "zstd" (a few % smaller, slower)
+            or "none".
+        clevel: compression level (None: the codec's default, DEFAULT_CLEVEL).
     """
 
     def __init__(self, path: str | os.PathLike, *, feature_dim: int | None = None,
                  feature_dtype: str | None = None, encoder: str | None = None,
                  membership: str = schema.MEMBERSHIP_PARTITION, overwrite: bool = False, lock: bool = True,
-                 break_stale_lock: bool = False, clevel: int = 3, codec: str = DEFAULT_CODEC):
+                 break_stale_lock: bool = False, clevel: int | None = None, codec: str = DEFAULT_CODEC):
         from clam2sam import __version__
 
         self.path = Path(path)
-        self.clevel = clevel
+        self.clevel = clevel = resolve_clevel(codec, clevel)  # validates the codec early
         self.codec = codec
-        _compressor(codec, clevel)  # validate early
         self._lock_path: Path | None = None
         if overwrite and self.path.exists():
             if lock:
@@ -266,7 +278,7 @@ def write_error(e: OSError, *, path, slide: str | None = None, what: str = "cann
     return StoreError(f"{what} ({e.strerror or type(e).__name__}{where})", slide=slide, path=path, fix=WRITE_FIX)
 
 
-def write_slide_group(store_path: str | os.PathLike, s: SlideArrays, *, clevel: int = 3,
+def write_slide_group(store_path: str | os.PathLike, s: SlideArrays, *, clevel: int | None = None,
                       codec: str = DEFAULT_CODEC) -> None:
     """Write one slide group (usable from a worker process: touches only this slide's files).
 
@@ -276,7 +288,7 @@ def write_slide_group(store_path: str | os.PathLike, s: SlideArrays, *, clevel: 
     """
     gdir = Path(store_path) / schema.SLIDES_GROUP / slide_key(s.slide_id)
     try:
-        _write_slide_group(gdir, s, clevel=clevel, codec=codec)
+        _write_slide_group(gdir, s, clevel=resolve_clevel(codec, clevel), codec=codec)
     except OSError as e:
         shutil.rmtree(gdir, ignore_errors=True)
         raise write_error(e, path=gdir, slide=s.slide_id, what="cannot write the slide") from e

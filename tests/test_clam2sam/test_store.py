@@ -81,3 +81,32 @@ def test_slide_key_cannot_escape():
     for bad in ["../../x", "..", "a/b", ".hidden"]:
         k = slide_key(bad)
         assert "/" not in k and not k.startswith(".")
+
+
+@pytest.mark.parametrize("codec,clevel,expect", [(None, None, ("lz4", 9)), ("zstd", None, ("zstd", 3)),
+                                                  ("lz4", 2, ("lz4", 2)), ("none", None, None)])
+def test_codec_defaults_are_recorded_and_readable_by_zarr(tmp_path, codec, clevel, expect):
+    import json
+
+    import zarr
+
+    kw = {} if codec is None else {"codec": codec}
+    s = _slide("a", n=2000)
+    with StoreWriter(tmp_path / "c.zarr", clevel=clevel, **kw) as w:
+        w.write_slide(s)
+        w.finalize()
+    meta = json.loads((tmp_path / "c.zarr/slides/a/features/zarr.json").read_text())
+    inner = meta["codecs"][0]["configuration"]["codecs"]
+    blosc = [c["configuration"] for c in inner if c["name"] == "blosc"]
+    assert ((blosc[0]["cname"], blosc[0]["clevel"]) if blosc else None) == expect
+    r = open_store(tmp_path / "c.zarr")
+    assert (r.attrs["codec"], r.attrs["clevel"]) == ((expect or ("none", 0))[0], (expect or ("none", 0))[1])
+    np.testing.assert_array_equal(zarr.open_group(str(tmp_path / "c.zarr"), mode="r")["slides/a/features"][...],
+                                  s.features)
+
+
+def test_unknown_codec_refused(tmp_path):
+    from clam2sam.errors import UsageError
+
+    with pytest.raises(UsageError, match="unknown codec 'brotli'"):
+        StoreWriter(tmp_path / "c.zarr", codec="brotli")
