@@ -172,3 +172,16 @@ def run_job_safe(job: SlideJob, segment_provider: SegmentProvider | None = None)
         return "ok", run_job(job, segment_provider)
     except Exception as e:  # noqa: BLE001 - reported per slide by the parent
         return "error", e
+    finally:
+        release_memory()
+
+
+def release_memory() -> None:
+    """Give the freed memory of the last slide back to the OS (glibc keeps freed heap and thread arenas
+    mapped otherwise, and the process would carry one slide's worth of RSS into the next). Best effort."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to do
+        pass
