@@ -153,9 +153,35 @@ def _prepare(regime: str, archive: Path, slides: list[str]) -> None:
     (warm_cache if regime == "warm" else evict)(archive, slides)
 
 
+DISK_MIB_S = 200   # the "disk" regime: source reads throttled to this, like an archive on a NAS or HDD
+
+
+def throttle_cgroup(archive: Path) -> Path | None:
+    """A cgroup-v1 blkio group that limits reads from the archive's block device to DISK_MIB_S (root only);
+    None where that is not possible (no cgroup v1 blkio, not root, no block device)."""
+    import os
+
+    cg = Path("/sys/fs/cgroup/blkio/clam2sam_bench")
+    try:
+        st = os.stat(archive).st_dev
+        cg.mkdir(exist_ok=True)
+        (cg / "blkio.throttle.read_bps_device").write_text(f"{os.major(st)}:{os.minor(st)} {DISK_MIB_S << 20}\n")
+        return cg
+    except OSError:
+        return None
+
+
+def _cmd(cmd: list[str], regime: str, archive: Path) -> list[str]:
+    """``cmd``, started inside the throttling cgroup for the "disk" regime."""
+    if regime != "disk":
+        return cmd
+    cg = throttle_cgroup(archive)
+    return ["sh", "-c", f'echo $$ > {cg}/cgroup.procs && exec "$@"', "sh", *cmd]
+
+
 def _h5(archive, slides, regime="warm"):
     _prepare(regime, archive, slides)
-    return run_measured([PY, SELF, "_child", "h5read", str(archive), *slides])
+    return run_measured(_cmd([PY, SELF, "_child", "h5read", str(archive), *slides], regime, archive))
 
 
 def _conv(archive, out, slides, codec, workers, checksums, clevel=None, regime="warm"):
@@ -164,8 +190,8 @@ def _conv(archive, out, slides, codec, workers, checksums, clevel=None, regime="
     clevel = resolve_clevel(codec, clevel)
     shutil.rmtree(out, ignore_errors=True)
     _prepare(regime, archive, slides)
-    r = run_measured([PY, SELF, "_child", "convert", str(archive), str(out), codec, str(workers),
-                      "1" if checksums else "0", str(clevel), *slides])
+    r = run_measured(_cmd([PY, SELF, "_child", "convert", str(archive), str(out), codec, str(workers),
+                           "1" if checksums else "0", str(clevel), *slides], regime, archive))
     r["store_bytes"] = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     shutil.rmtree(out, ignore_errors=True)
     return r
@@ -176,10 +202,14 @@ def _label(codec, workers, checksums, regime="warm"):
 
     cl = f" (clevel {DEFAULT_CLEVEL[codec]})" if codec != "none" else ""
     return f"{codec}{cl}, {workers} worker{'s' if workers > 1 else ''}" + \
-        ("" if checksums else ", --no-checksums") + f" [{regime} cache]"
+        ("" if checksums else ", --no-checksums") + f" [{_rlabel(regime)}]"
 
 
-REGIMES = ("warm", "cold")
+REGIMES = ("warm", "cold", "disk")
+
+
+def _rlabel(regime: str) -> str:
+    return f"disk {DISK_MIB_S} MiB/s" if regime == "disk" else f"{regime} cache"
 
 
 def run(ctx: Ctx, *, subset: int = 10, full: bool = True, configs: list | None = None,
@@ -190,6 +220,9 @@ def run(ctx: Ctx, *, subset: int = 10, full: bool = True, configs: list | None =
     sub = all_ids[:3] if ctx.quick else all_ids[:subset]
     configs = configs or (QUICK_CONFIGS if ctx.quick else CONFIGS)
     regimes = ("warm",) if ctx.quick else regimes
+    if "disk" in regimes and throttle_cgroup(archive) is None:
+        ctx.log("[convert] no cgroup-v1 blkio throttle available here: the 'disk' regime is skipped")
+        regimes = tuple(g for g in regimes if g != "disk")
     reps = 1 if ctx.quick else ctx.repeats
     store = ctx.work / "bench_convert.zarr"
     ctx.work.mkdir(parents=True, exist_ok=True)
@@ -211,7 +244,7 @@ def run(ctx: Ctx, *, subset: int = 10, full: bool = True, configs: list | None =
         base = median([x["seconds"] for x in runs[("h5py", g)]])
         base_cpu = median([x.get("cpu_s") for x in runs[("h5py", g)]])
         data["baseline"][g] = {"seconds": [x["seconds"] for x in runs[("h5py", g)]], "median_s": base}
-        rows.append([f"h5py read of `features` (baseline) [{g} cache]", fmt(base), fmt(feat_mb / base, 0), "1.00",
+        rows.append([f"h5py read of `features` (baseline) [{_rlabel(g)}]", fmt(base), fmt(feat_mb / base, 0), "1.00",
                      "-", fmt(base_cpu), "1.00", "-", "-", "-", "-"])
         for c in configs:
             rr = runs[(c, g)]
@@ -239,7 +272,9 @@ def run(ctx: Ctx, *, subset: int = 10, full: bool = True, configs: list | None =
             "cache regime); medians. **warm cache**: every source file read once before each run (the h5py "
             "baseline is then a memory copy). **cold cache**: every source file of the slides dropped from this "
             "machine's page cache (`posix_fadvise(POSIX_FADV_DONTNEED)`) before each run, baseline and convert "
-            "alike (the hypervisor may still cache the disk). Convert uses precomputed SAM-MIL segment pickles "
+            f"alike (the hypervisor may still cache the disk). **disk {DISK_MIB_S} MiB/s**: as cold, and every read of the "
+            f"archive's block device throttled to {DISK_MIB_S} MiB/s (cgroup-v1 blkio, both processes alike), like "
+            "an archive on a NAS or a hard disk; writes of the store are not throttled. Convert uses precomputed SAM-MIL segment pickles "
             "and the dataset CSV, default checksums (sha256 of every file stored from). Timers start after the "
             f"imports (one-off `import torch` + `clam2sam.convert` in the child: median "
             f"{median([x.get('import_s') for v in runs if v[0] != 'h5py' for x in runs[v]]):.1f} s, not included).",
@@ -263,14 +298,14 @@ def run(ctx: Ctx, *, subset: int = 10, full: bool = True, configs: list | None =
                         "largest_slide_mb": max(sizes.values()) / 1e6}
         full_mb, full_largest = data["full"]["feature_mb"], data["full"]["largest_slide_mb"]
         for g in regimes:
-            ctx.log(f"[convert] full cohort once: {len(all_ids)} slides [{g} cache]")
+            ctx.log(f"[convert] full cohort once: {len(all_ids)} slides [{_rlabel(g)}]")
             fh = _h5(archive, all_ids, g)
             fz = _conv(archive, store, all_ids, "lz4", 1, True, regime=g)
             data["full"][g] = {"h5py_s": fh["seconds"], "default_w1": fz}
-            frows.append([f"h5py read [{g} cache]", fmt(fh["seconds"]), fmt(full_mb / fh["seconds"], 0), "1.00",
+            frows.append([f"h5py read [{_rlabel(g)}]", fmt(fh["seconds"]), fmt(full_mb / fh["seconds"], 0), "1.00",
                           "-", "-"])
             pk = max(fz["self_peak_rss_mb"], fz["children_peak_rss_mb"])
-            frows.append([f"lz4 (default), 1 worker [{g} cache]", fmt(fz["seconds"]), fmt(full_mb / fz["seconds"], 0),
+            frows.append([f"lz4 (default), 1 worker [{_rlabel(g)}]", fmt(fz["seconds"]), fmt(full_mb / fz["seconds"], 0),
                           fmt(fz["seconds"] / fh["seconds"]), fmt(pk, 0),
                           fmt((pk - idle["self_peak_rss_mb"]) / full_largest)])
         body += ["", f"Full cohort, once ({len(all_ids)} slides, {full_mb:.0f} MB features, largest slide "
@@ -300,7 +335,8 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--no-full", action="store_true")
     ap.add_argument("--configs", default=None, help="comma list of CODEC:WORKERS (default: all variants)")
-    ap.add_argument("--regimes", default="warm,cold", help="page cache before each run: warm, cold or both")
+    ap.add_argument("--regimes", default="warm,cold,disk",
+                    help="warm (sources in the page cache), cold (dropped first), disk (cold + reads throttled)")
     ap.add_argument("--write", type=Path, default=None, help="also write the markdown body here")
     a = ap.parse_args(argv)
     cfgs = [(c.split(":")[0], int(c.split(":")[1]), True) for c in a.configs.split(",")] if a.configs else None

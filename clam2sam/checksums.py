@@ -47,19 +47,30 @@ def describe_sources(sources: list[tuple[str, Path]], *, checksums: bool = True,
     return out
 
 
-def prefetch(paths) -> None:
-    """Ask the kernel to read these files into the page cache in the background (``POSIX_FADV_WILLNEED``):
-    the next slide's inputs come off the disk while this slide is compressed. Best effort, never raises."""
-    advise = getattr(os, "posix_fadvise", None)
-    if advise is None:
-        return
+_PREFETCH: ThreadPoolExecutor | None = None
+
+
+def prefetch(paths) -> Future | None:
+    """Ask the kernel to read these files into the page cache (``POSIX_FADV_WILLNEED``), from a background
+    thread: the next slide's inputs come off the disk while this slide is compressed, and a slow or throttled
+    disk never stalls the caller (the advice can block until the reads are queued). Best effort, never raises.
+    """
+    global _PREFETCH
+    if getattr(os, "posix_fadvise", None) is None:
+        return None
+    if _PREFETCH is None:
+        _PREFETCH = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clam2sam-prefetch")
+    return _PREFETCH.submit(_advise_willneed, list(paths))
+
+
+def _advise_willneed(paths) -> None:
     for p in paths:
         try:
             fd = os.open(p, os.O_RDONLY)
         except OSError:
             continue
         try:
-            advise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
         except OSError:
             pass
         finally:

@@ -32,7 +32,7 @@ from clam2sam.fast_write import encode_threads
 from clam2sam.ids import normalise_slide_id, slide_key
 from clam2sam.process_list import PROCESS_LIST_NAME, read_dataset_csv, read_mpp_csv, read_process_list
 from clam2sam.report import Report
-from clam2sam.store import StoreWriter, write_error
+from clam2sam.store import StoreWriter, slide_is_complete, write_error
 from clam2sam.urls import local_path
 
 REPORT_NAME = "convert_report.json"
@@ -181,6 +181,11 @@ def convert_cohort(options: ConvertOptions, segment_provider: SegmentProvider | 
             if sid not in labels:
                 report.warn(f"slide {sid!r} has no row in {o.dataset_csv}: label and case_id left empty")
 
+    if o.workers <= 1 and not (o.dask_scheduler or o.dask_local):  # the disk starts on the first slides now
+        first = [i for i in ids if i in disc.slides and i not in disc.duplicates
+                 and (o.overwrite or not slide_is_complete(o.out, i))][:PREFETCH_AHEAD]
+        for sid in first:
+            prefetch(input_paths(disc.slides[sid]))
     writer = StoreWriter(o.out, encoder=disc.encoder or o.encoder, membership=o.membership,
                          overwrite=o.overwrite, break_stale_lock=o.break_stale_lock, clevel=o.clevel,
                          codec=o.codec)
@@ -250,6 +255,9 @@ def _record(o, writer: StoreWriter, report: Report, sid: str, status: str, res) 
     return True
 
 
+PREFETCH_AHEAD = 2  # slides whose input files are read ahead into the page cache (1 worker)
+
+
 def _worker_init(threads: int) -> None:
     """Worker process start: its share of the encode threads (:func:`clam2sam.fast_write.encode_threads`)."""
     os.environ["CLAM2SAM_THREADS"] = str(threads)
@@ -272,13 +280,14 @@ def _run(o: ConvertOptions, writer: StoreWriter, pending, report: Report, provid
             workers = 1
     if workers <= 1:
         jobs = [j for _, j in pending if isinstance(j, SlideJob)]
-        nxt = {id(a): b for a, b in zip(jobs, jobs[1:])}
-        if jobs:
-            prefetch(input_paths(jobs[0].files))
+        pos = {id(j): i for i, j in enumerate(jobs)}
+        for j in jobs[:PREFETCH_AHEAD]:
+            prefetch(input_paths(j.files))
         for sid, job in pending:
             if isinstance(job, SlideJob):
-                if id(job) in nxt:  # the next slide's files come off the disk while this one is converted
-                    prefetch(input_paths(nxt[id(job)].files))
+                ahead = pos[id(job)] + PREFETCH_AHEAD  # later slides' files come off the disk meanwhile
+                if ahead < len(jobs):
+                    prefetch(input_paths(jobs[ahead].files))
                 job.expected_dim = writer.root.attrs.get("feature_dim")
                 job.expected_dtype = writer.root.attrs.get("feature_dtype")
                 status, res = run_job_safe(job, provider)

@@ -35,7 +35,7 @@ from clam2sam.slide_arrays import SlideArrays
 from clam2sam.store_lock import LOCK_NAME, acquire_lock, lock_is_stale, read_lock
 
 __all__ = ["SlideArrays", "StoreWriter", "StoreReader", "open_store", "write_slide_group", "list_slide_keys",
-           "acquire_lock", "read_lock", "lock_is_stale", "LOCK_NAME", "CODECS", "DEFAULT_CODEC", "DEFAULT_CLEVEL",
+           "acquire_lock", "read_lock", "lock_is_stale", "LOCK_NAME", "slide_is_complete", "CODECS", "DEFAULT_CODEC", "DEFAULT_CLEVEL",
            "resolve_clevel"]
 
 CHUNK_BYTES = 4 << 20  # ~4 MiB uncompressed per chunk
@@ -197,11 +197,7 @@ class StoreWriter:
         return self.root[schema.SLIDES_GROUP]
 
     def is_complete(self, slide_id: str) -> bool:
-        p = self.path / schema.SLIDES_GROUP / slide_key(slide_id) / "zarr.json"
-        try:
-            return bool(json.loads(p.read_text()).get("attributes", {}).get("complete"))
-        except (OSError, ValueError, AttributeError):  # absent, unreadable, name too long, not a JSON object
-            return False
+        return slide_is_complete(self.path, slide_id)
 
     def check_compatible(self, slide_id: str, dim: int, dtype) -> None:
         """Raise StoreError when a slide's feature dim/dtype differs from the store's."""
@@ -266,6 +262,15 @@ class StoreWriter:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def slide_is_complete(store_path: str | os.PathLike, slide_id: str) -> bool:
+    """Whether the slide's group in the store at ``store_path`` is marked complete (no store object needed)."""
+    p = Path(store_path) / schema.SLIDES_GROUP / slide_key(slide_id) / "zarr.json"
+    try:
+        return bool(json.loads(p.read_text()).get("attributes", {}).get("complete"))
+    except (OSError, ValueError, AttributeError):  # absent, unreadable, name too long, not a JSON object
+        return False
 
 
 WRITE_FIX = ("free disk space or fix the output folder's permissions, then re-run the same command: it resumes "

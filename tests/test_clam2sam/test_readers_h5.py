@@ -148,3 +148,38 @@ def test_sources_never_modified(tmp_path):
     read_slide_inputs(_files(src, "x"), layout="clam-fp")
     assert af.file_hashes(src) == before
     shutil.rmtree(src)
+
+
+def test_pt_sample_rows_read_directly_equal_the_tensor(tmp_path):
+    import torch
+
+    from clam2sam.readers_h5 import _peek_pt, pt_rows_direct
+
+    x = torch.randn(1000, 24)
+    torch.save(x, tmp_path / "a.pt")
+    pt = _peek_pt(tmp_path / "a.pt", "a")
+    got = pt_rows_direct(tmp_path / "a.pt", pt, [0, 500, 999])
+    np.testing.assert_array_equal(got, x.numpy()[[0, 500, 999]])
+    torch.save(x[:, :12], tmp_path / "view.pt")          # a view of a larger storage: falls back (None)
+    v = _peek_pt(tmp_path / "view.pt", "v")
+    assert pt_rows_direct(tmp_path / "view.pt", v, [0]) is None
+
+
+def test_pt_cross_check_still_catches_differing_rows(tmp_path):
+    """The .pt's middle row differs from the h5's: refused, via the direct row reads."""
+    import torch
+
+    from clam2sam.discover import SlideFiles
+    from clam2sam.errors import InputFormatError
+    from clam2sam.readers_h5 import read_slide_inputs
+
+    f = np.random.default_rng(0).normal(size=(50, 8)).astype(np.float32)
+    c = (np.arange(100).reshape(50, 2) * 256).astype(np.int64)
+    with h5py.File(tmp_path / "s.h5", "w") as h:
+        h["features"], h["coords"] = f, c
+    g = f.copy()
+    g[25] += 1
+    torch.save(torch.from_numpy(g), tmp_path / "s.pt")
+    files = SlideFiles(slide_id="s", features_h5=tmp_path / "s.h5", features_pt=tmp_path / "s.pt")
+    with pytest.raises(InputFormatError, match="differ from the h5"):
+        read_slide_inputs(files, layout="clam-fp", patch_size_level0=256)
