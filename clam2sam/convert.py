@@ -280,9 +280,7 @@ def _run(o: ConvertOptions, writer: StoreWriter, pending, report: Report, provid
             workers = 1
     if workers <= 1:
         jobs = [j for _, j in pending if isinstance(j, SlideJob)]
-        pos = {id(j): i for i, j in enumerate(jobs)}
-        for j in jobs[:PREFETCH_AHEAD]:
-            prefetch(input_paths(j.files))
+        pos = {id(j): i for i, j in enumerate(jobs)}   # the first PREFETCH_AHEAD: see convert_cohort
         for sid, job in pending:
             if isinstance(job, SlideJob):
                 ahead = pos[id(job)] + PREFETCH_AHEAD  # later slides' files come off the disk meanwhile

@@ -4,7 +4,7 @@ import pytest
 import zarr
 
 from clam2sam.fast_read import read_whole_array
-from clam2sam.store import SlideArrays, StoreWriter, open_store, _compressor
+from clam2sam.store import SlideArrays, StoreWriter, open_store, zarr_compressors
 
 
 @pytest.mark.parametrize("codec", ["zstd", "lz4", "none"])
@@ -16,7 +16,7 @@ def test_fast_read_equals_zarr(tmp_path, codec, n, dtype):
     g = zarr.open_group(str(tmp_path / "s.zarr"), mode="w")
     rows = 512
     a = g.create_array("a", shape=x.shape, dtype=x.dtype, chunks=(rows, 40),
-                       shards=(-(-n // rows) * rows, 40), compressors=_compressor(codec, 3), fill_value=0)
+                       shards=(-(-n // rows) * rows, 40), compressors=zarr_compressors(codec, 3), fill_value=0)
     a[...] = x
     got = read_whole_array(tmp_path / "s.zarr" / "a")
     assert got is not None and got.dtype == x.dtype
@@ -53,7 +53,7 @@ def _make(tmp_path, x, codec, rows, name="a"):
     g = zarr.open_group(str(tmp_path / "s.zarr"), mode="a")
     n = x.shape[0]
     a = g.create_array(name, shape=x.shape, dtype=x.dtype, chunks=(rows,) + x.shape[1:],
-                       shards=(-(-n // rows) * rows,) + x.shape[1:], compressors=_compressor(codec, 3),
+                       shards=(-(-n // rows) * rows,) + x.shape[1:], compressors=zarr_compressors(codec, 3),
                        fill_value=0)
     a[...] = x
     return tmp_path / "s.zarr" / name

@@ -6,16 +6,15 @@ import json
 import numpy as np
 import pytest
 import zarr
-from zarr.codecs import BloscCodec, BloscShuffle
 
 from clam2sam import fast_write
 from clam2sam.fast_write import array_metadata, write_array
+from clam2sam.store import zarr_compressors
 
 
 def _zarr_meta(tmp_path, shape, dtype, rows, shard_rows, codec, clevel):
-    comp = () if codec == "none" else (BloscCodec(cname=codec, clevel=clevel, shuffle=BloscShuffle.shuffle),)
     zarr.create_array(str(tmp_path / "ref"), shape=shape, dtype=dtype, chunks=(rows,) + shape[1:],
-                      shards=(shard_rows,) + shape[1:], compressors=comp, fill_value=0)
+                      shards=(shard_rows,) + shape[1:], compressors=zarr_compressors(codec, clevel), fill_value=0)
     return json.loads((tmp_path / "ref" / "zarr.json").read_text())
 
 
