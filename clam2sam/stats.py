@@ -21,7 +21,7 @@ import numpy as np
 from clam2sam import schema
 from clam2sam.errors import Clam2SamError
 from clam2sam.ids import slide_key
-from clam2sam.store import StoreReader
+from clam2sam.store import StoreReader, jsonable
 
 QUANTILE_KEYS = ("n", "min", "p10", "p25", "median", "p75", "p90", "max", "mean")
 _SLIDE_ARRAYS = ("segment_sizes", "segment_areas", "segment_areas_um2", "segment_sam_area",
@@ -274,16 +274,4 @@ def _num(x) -> float | None:
 
 def to_json(d: dict) -> str:
     """Strict JSON text (NaN/inf become ``null``)."""
-    return json.dumps(_clean(d), indent=2, allow_nan=False)
-
-
-def _clean(v):
-    if isinstance(v, dict):
-        return {str(k): _clean(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_clean(x) for x in v]
-    if isinstance(v, np.generic):
-        v = v.item()
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    return v
+    return json.dumps(jsonable(d), indent=2, allow_nan=False)

@@ -313,7 +313,7 @@ def _write_slide_group(gdir: Path, s: SlideArrays, *, clevel: int, codec: str) -
     if gdir.exists():  # incomplete or being overwritten: start clean
         shutil.rmtree(gdir)
     gdir.mkdir(parents=True)
-    attrs = {k: _jsonable(v) for k, v in s.attrs.items() if k != "complete"}
+    attrs = {k: jsonable(v) for k, v in s.attrs.items() if k != "complete"}
     attrs.update(slide_id=s.slide_id, n_patches=s.n_patches, n_segments=s.n_segments)
     group_meta = {"attributes": attrs, "zarr_format": 3, "node_type": "group"}
     write_json(gdir / "zarr.json", group_meta)
@@ -335,13 +335,14 @@ def _write_slide_group(gdir: Path, s: SlideArrays, *, clevel: int, codec: str) -
     maybe_die("written")
 
 
-def _jsonable(v):
+def jsonable(v):
+    """``v`` as plain JSON types: str keys, lists, Python scalars; NaN/inf become None (JSON has neither)."""
     if isinstance(v, dict):
-        return {str(k): _jsonable(x) for k, x in v.items()}
+        return {str(k): jsonable(x) for k, x in v.items()}
     if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
+        return [jsonable(x) for x in v]
     if isinstance(v, np.generic):
-        return v.item()
+        v = v.item()
     if isinstance(v, np.ndarray):
         return v.tolist()
     if isinstance(v, Path):
