@@ -33,37 +33,26 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from clam2sam.threads import ProcessPool, env_threads, usable_cpus
+
 _EMPTY = 2**64 - 1
 _BLOSC_HEADER = struct.Struct("<4B3I")   # version, versionlz, flags, typesize, nbytes, blocksize, cbytes
 SMALL_BYTES = 1 << 20                    # arrays (stored bytes) below this are read inline, no thread hop
 _SPLIT_ALIGN = 1 << 16                   # codec none: per-thread pieces of a contiguous read, aligned
 
-_POOL: tuple[int, int, ThreadPoolExecutor] | None = None   # (pid, threads, pool)
-_POOL_LOCK = threading.Lock()
+_POOL = ProcessPool("clam2sam-read")
 _THREADS_SET: int | None = None
 _TLS = threading.local()
 
 
 # ------------------------------------------------------------------------------------------ threads
 
-def _usable_cpus() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
-
-
 def read_threads() -> int:
     """Threads per whole-array read: ``CLAM2SAM_THREADS``, else :func:`set_read_threads`, else CPUs."""
-    v = os.environ.get("CLAM2SAM_THREADS")
-    if v:
-        try:
-            return max(1, int(v))
-        except ValueError:
-            pass
-    if _THREADS_SET is not None:
-        return _THREADS_SET
-    return _usable_cpus()
+    env = env_threads()
+    if env is not None:
+        return env
+    return _THREADS_SET if _THREADS_SET is not None else usable_cpus()
 
 
 def set_read_threads(n: int | None) -> None:
@@ -77,14 +66,7 @@ def set_read_threads(n: int | None) -> None:
 
 def _pool(n: int) -> ThreadPoolExecutor:
     """The process's read pool with ``n`` threads (new after a fork or when ``n`` changed)."""
-    global _POOL
-    with _POOL_LOCK:
-        pid = os.getpid()
-        if _POOL is None or _POOL[0] != pid or _POOL[1] != n:
-            if _POOL is not None and _POOL[0] == pid:
-                _POOL[2].shutdown(wait=False)
-            _POOL = (pid, n, ThreadPoolExecutor(max_workers=n, thread_name_prefix="clam2sam-read"))
-        return _POOL[2]
+    return _POOL.get(n)
 
 
 def _scratch(n: int) -> np.ndarray:

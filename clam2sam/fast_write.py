@@ -15,38 +15,28 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
+from clam2sam.threads import ProcessPool, env_threads, usable_cpus
+
 _EMPTY = 2**64 - 1
-_POOL: tuple[int, ThreadPoolExecutor] | None = None
-_POOL_LOCK = threading.Lock()
+_POOL = ProcessPool("clam2sam-encode")
 SMALL_BYTES = 256 << 10   # arrays below this are encoded inline (a thread hop costs more than it saves)
 
 
 def encode_threads() -> int:
-    """Threads that compress inner chunks: ``CLAM2SAM_THREADS`` or the CPU count (``--workers`` divides it)."""
-    v = os.environ.get("CLAM2SAM_THREADS")
-    if v:
-        return max(1, int(v))
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
+    """Threads that compress inner chunks: ``CLAM2SAM_THREADS`` or the usable CPUs (``--workers`` divides it)."""
+    env = env_threads()
+    return usable_cpus() if env is None else env
 
 
 def _pool() -> ThreadPoolExecutor:
-    """One pool per process (re-created after a fork: a forked worker cannot use its parent's threads)."""
-    global _POOL
-    with _POOL_LOCK:
-        if _POOL is None or _POOL[0] != os.getpid():
-            _POOL = (os.getpid(), ThreadPoolExecutor(max_workers=encode_threads(),
-                                                     thread_name_prefix="clam2sam-encode"))
-        return _POOL[1]
+    """The process's encode pool (re-created after a fork: a forked worker cannot use its parent's threads)."""
+    return _POOL.get(encode_threads())
 
 
 def _fill_value(dtype: np.dtype):

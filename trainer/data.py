@@ -224,12 +224,9 @@ class BagDataset(Dataset):
             info = torch.utils.data.get_worker_info()
             if info is not None and info.num_workers > 1:   # W workers share the CPUs: C // W read threads each
                 from clam2sam.fast_read import set_read_threads
+                from clam2sam.threads import usable_cpus
 
-                try:
-                    cpus = len(os.sched_getaffinity(0))
-                except (AttributeError, OSError):
-                    cpus = os.cpu_count() or 1
-                set_read_threads(max(1, cpus // info.num_workers))
+                set_read_threads(max(1, usable_cpus() // info.num_workers))
             self._reader, self._pid = open_store(self.store_path), os.getpid()
         return self._reader
 

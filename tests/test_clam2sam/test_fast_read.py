@@ -163,7 +163,7 @@ def test_bad_chunk_extent_and_blosc_header_raise(tmp_path, threads, monkeypatch)
 def _read_in_child(adir):
     import clam2sam.fast_read as fr
 
-    return fr.read_whole_array(adir, threads=2), fr._POOL[0] == __import__("os").getpid()
+    return fr.read_whole_array(adir, threads=2), fr._POOL.owner_pid == __import__("os").getpid()
 
 
 def test_pool_is_recreated_after_fork(tmp_path, monkeypatch):
@@ -175,7 +175,7 @@ def test_pool_is_recreated_after_fork(tmp_path, monkeypatch):
     x = np.random.default_rng(9).normal(size=(2000, 32)).astype(np.float32)
     adir = _make(tmp_path, x, "zstd", rows=256)
     np.testing.assert_array_equal(read_whole_array(adir, threads=2), x)   # parent's pool exists now
-    assert fr._POOL is not None
+    assert fr._POOL.owner_pid is not None
     with multiprocessing.get_context("fork").Pool(1) as p:
         got, own_pool = p.apply(_read_in_child, (adir,))
     assert own_pool
