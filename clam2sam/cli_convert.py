@@ -114,7 +114,7 @@ def _summary(console: Console, report, out: Path, report_path: Path) -> None:
               help=f"JSON report path (default: OUT/{REPORT_NAME}).")
 @click.option("--codec", type=click.Choice(["lz4", "zstd", "none"]), default="lz4", show_default=True,
               help="Blosc codec for the store's arrays: lz4 (fast to write and to read: training keeps up with "
-                   "torch.load of .pt files), zstd (a few % smaller, ~2x slower reads), none.")
+                   "torch.load of .pt files), zstd (a few % smaller, bags load ~2.6x slower), none.")
 @click.option("--clevel", type=click.IntRange(0, 9), default=None,
               help="Compression level (default: 9 for lz4, 3 for zstd).")
 @click.option("--checksums", "checksums", type=click.Choice(["stored", "all", "none"]), default="stored",
