@@ -84,6 +84,13 @@ def _per_fold(res: dict, metric: str) -> dict[str, float]:
     return out
 
 
+def _versus(fold: dict, key: str, ref: str, ms: dict) -> tuple[float, float, int, float]:
+    """Paired test-AUC difference of config ``key`` against ``ref``: (diff, paired sd, folds, spread), where
+    spread is the larger fold-to-fold AUC std of the two (``ms``: key's (mean, std) per metric)."""
+    d, dsd, n = _paired(fold[key]["auc"], fold[ref]["auc"])
+    return d, dsd, n, max(ms["auc"][1], _ms(list(fold[ref]["auc"].values()))[1])
+
+
 def _paired(a: dict, b: dict) -> tuple[float, float, int]:
     keys = [k for k in a if k in b and a[k] is not None and b[k] is not None]
     m, sd = _ms([a[k] - b[k] for k in keys])
@@ -140,8 +147,7 @@ def run(ctx: Ctx) -> Section:
             if ref == key or ref not in done:
                 row.append("-")
                 continue
-            d, dsd, n = _paired(fold[key]["auc"], fold[ref]["auc"])
-            spread = max(ms["auc"][1], _ms(list(fold[ref]["auc"].values()))[1])
+            d, dsd, n, spread = _versus(fold, key, ref, ms)
             row.append(f"{d:+.3f} (paired sd {dsd:.3f}; {_verdict(d, spread)})")
             cell[f"vs_{ref}"] = {"diff_auc": d, "paired_sd": dsd, "n_folds": n, "spread": spread,
                                  "verdict": _verdict(d, spread)}
@@ -197,8 +203,7 @@ def tabulate(runs_root: Path) -> str:
             if ref == k or ref not in res:
                 row.append("-")
                 continue
-            d, dsd, n = _paired(fold[k]["auc"], fold[ref]["auc"])
-            spread = max(ms["auc"][1], _ms(list(fold[ref]["auc"].values()))[1])
+            d, dsd, n, spread = _versus(fold, k, ref, ms)
             row.append(f"{d:+.3f} (paired sd {dsd:.3f}, {n} folds; {_verdict(d, spread)})")
         rows.append(row)
     return md_table(["run", "test folds", "test AUC", "test acc", "test F1", "Δ AUC vs abmil", "Δ AUC vs sammil"],
