@@ -63,14 +63,23 @@ def prefetch(paths) -> Future | None:
     return _PREFETCH.submit(_advise_willneed, list(paths))
 
 
+PREFETCH_WINDOW = 512 << 10   # bytes per WILLNEED call (see _advise_willneed)
+
+
 def _advise_willneed(paths) -> None:
+    """Advise WILLNEED over each whole file, one window at a time: Linux clamps one call to the device's
+    read-ahead size (``max(read_ahead_kb, max_sectors_kb)``; 8 MiB of a 50 MB h5 on the development VM, as
+    fincore showed), so a single whole-file call would prefetch only the head of each file. 512 KiB windows
+    stay under every common clamp; each call only queues reads (microseconds when the pages are cached)."""
     for p in paths:
         try:
             fd = os.open(p, os.O_RDONLY)
         except OSError:
             continue
         try:
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+            size = os.fstat(fd).st_size
+            for off in range(0, size, PREFETCH_WINDOW):
+                os.posix_fadvise(fd, off, PREFETCH_WINDOW, os.POSIX_FADV_WILLNEED)
         except OSError:
             pass
         finally:
