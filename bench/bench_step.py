@@ -6,7 +6,15 @@ unassigned patches. Each (model, size) runs in its own subprocess so that its pe
 and sizes are interleaved in every repeat; medians. One torch thread and the process CPU clock, so that
 the ratio is not blurred by the other jobs on the shared machine.
 
-    python bench/bench_step.py --sizes 1000 10000 50000 --repeats 3
+    python bench/bench_step.py --repeats 3
+
+On a GPU (``--device cuda``; in one process, wall clock with ``torch.cuda.synchronize`` around each step,
+2 warm-up steps, peak ``torch.cuda.max_memory_allocated`` per cell; optional ``--json`` file):
+
+    python bench/bench_step.py --device cuda --sizes 1000 10000 50000 --repeats 3 --json step_cuda.json
+
+Without ``--device`` the CPU section above runs unchanged (it is what ``bench/run_all.py`` calls).
+``--device cpu`` runs the in-process variant on the CPU (a dry run of the GPU path).
 """
 from __future__ import annotations
 
@@ -72,6 +80,50 @@ def run(ctx: Ctx) -> Section:
     return Section("step", "3. Training step (CPU)", "\n".join(body), data)
 
 
+def run_device(device: str, sizes=(1000, 10000, 50000), dim: int = 1024, repeats: int = 3, steps: int = 5,
+               warmup: int = 2, log=print) -> dict:
+    """In-process step timing on ``device`` (wall clock, synchronised on CUDA); models and sizes interleaved."""
+    import torch
+
+    from trainer.bench_step import time_step
+
+    cuda = device.startswith("cuda")
+    res = {(m, n): [] for n in sizes for m in MODELS}
+    mem = {(m, n): 0 for n in sizes for m in MODELS}
+    for r in range(repeats):
+        for n in sizes:
+            for m in MODELS:
+                if cuda:
+                    torch.cuda.empty_cache()
+                    torch.cuda.reset_peak_memory_stats()
+                t = time_step(m, n, dim, steps=steps, warmup=warmup, device=device, clock="wall")
+                if cuda:
+                    mem[(m, n)] = max(mem[(m, n)], torch.cuda.max_memory_allocated())
+                res[(m, n)].append(t)
+                log(f"[step {device}] repeat {r + 1}/{repeats} {m} N={n}: {t * 1e3:.2f} ms")
+    cells = {}
+    for n in sizes:
+        ab, sm = (median(res[(m, n)]) for m in MODELS)
+        cells[n] = {"abmil_ms": ab * 1e3, "sammil_ms": sm * 1e3, "ratio": sm / ab,
+                    "runs_ms": {m: [x * 1e3 for x in res[(m, n)]] for m in MODELS},
+                    "peak_alloc_mb": {m: mem[(m, n)] / 2**20 for m in MODELS} if cuda else None}
+    meta = {"device": device, "dim": dim, "sizes": list(sizes), "repeats": repeats, "steps": steps, "warmup": warmup,
+            "torch": torch.__version__, "cuda": torch.version.cuda,
+            "gpu": torch.cuda.get_device_name(0) if cuda else None,
+            "tf32_matmul": torch.backends.cuda.matmul.allow_tf32 if cuda else None}
+    return {"meta": meta, "cells": cells}
+
+
+def device_table(d: dict) -> str:
+    rows = []
+    for n, c in d["cells"].items():
+        pk = c["peak_alloc_mb"] or {}
+        rows.append([f"{int(n):,}", fmt(c["abmil_ms"], 2), fmt(c["sammil_ms"], 2), f"{c['ratio']:.2f}",
+                     fmt(pk.get("abmil"), 0), fmt(pk.get("sam-mil"), 0)])
+    return md_table(["patches", "AB-MIL ms / step", "SAM-MIL ms / step", "SAM / AB", "AB-MIL peak alloc MB",
+                     "SAM-MIL peak alloc MB"], rows)
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "_child":
@@ -79,7 +131,21 @@ def main(argv=None) -> int:
         return 0
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--device", default=None, help="cuda[:i] (or cpu): in-process timing on that device; "
+                    "default: the CPU section in subprocesses")
+    ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 50000], help="with --device only")
+    ap.add_argument("--dim", type=int, default=1024, help="with --device only")
+    ap.add_argument("--steps", type=int, default=5, help="timed steps per cell, with --device only")
+    ap.add_argument("--json", type=Path, default=None, help="with --device: write the figures here")
     a = ap.parse_args(argv)
+    if a.device is not None:
+        d = run_device(a.device, tuple(a.sizes), a.dim, a.repeats, a.steps,
+                       log=lambda *x: print(*x, file=sys.stderr, flush=True))
+        print(device_table(d))
+        if a.json:
+            a.json.parent.mkdir(parents=True, exist_ok=True)
+            a.json.write_text(json.dumps(d, indent=2, default=str))
+        return 0
     s = run(Ctx(out=Path("bench/out"), repeats=a.repeats))
     print(s.body)
     print(json.dumps(s.data, default=str), file=sys.stderr)

@@ -7,9 +7,12 @@
 # segment-anything, openslide, zarr). Before the run, on the development machine, in the repo root:
 #   echo /.whl/ >> .git/info/exclude
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-#       --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+#       --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
+#       --platform manylinux2014_x86_64 --platform manylinux1_x86_64 \
 #       -d .whl segment-anything==1.0 openslide-python==1.4.7 openslide-bin==4.0.1.2 zarr==3.1.6 \
-#       numcodecs==0.16.6 donfig==0.8.1.post1 crc32c==2.7.1
+#       numcodecs==0.16.6 donfig==0.8.1.post1 google-crc32c==1.9.0 tifffile==2026.3.3
+# (zarr 3.1.6 imports google_crc32c at import time -- `crc32c` is not it; openslide-python 1.4.7 is a
+# manylinux1 wheel. bench/gpu_check.sh runs this pass too, with the trainer checks, capped in time.)
 # and call the device tool with carry [".whl"] and the command:
 #   bash bench/gpu_sam.sh
 # Budget: about 1 min to write the random vit_h checkpoint, ~2-4 min for 3 slides x 2 runs. Outputs land
