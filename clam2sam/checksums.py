@@ -50,36 +50,54 @@ def describe_sources(sources: list[tuple[str, Path]], *, checksums: bool = True,
 _PREFETCH: ThreadPoolExecutor | None = None
 
 
-def prefetch(paths) -> Future | None:
+def prefetch(paths, spans=()) -> Future | None:
     """Ask the kernel to read these files into the page cache (``POSIX_FADV_WILLNEED``), from a background
     thread: the next slide's inputs come off the disk while this slide is compressed, and a slow or throttled
     disk never stalls the caller (the advice can block until the reads are queued). Best effort, never raises.
+
+    Args:
+        paths: files read in full.
+        spans: ``[(path, "head" | "middle" | "tail", nbytes)]``: parts of files of which a conversion reads
+            only a few blocks (a CLAM ``.pt`` cross-checked at its first, middle and last rows). Their small
+            reads would otherwise wait behind the whole read-ahead queue, one round trip each.
     """
     global _PREFETCH
     if getattr(os, "posix_fadvise", None) is None:
         return None
     if _PREFETCH is None:
         _PREFETCH = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clam2sam-prefetch")
-    return _PREFETCH.submit(_advise_willneed, list(paths))
+    return _PREFETCH.submit(_advise_willneed, list(paths), list(spans))
 
 
 PREFETCH_WINDOW = 512 << 10   # bytes per WILLNEED call (see _advise_willneed)
 
 
-def _advise_willneed(paths) -> None:
-    """Advise WILLNEED over each whole file, one window at a time: Linux clamps one call to the device's
-    read-ahead size (``max(read_ahead_kb, max_sectors_kb)``; 8 MiB of a 50 MB h5 on the development VM, as
-    fincore showed), so a single whole-file call would prefetch only the head of each file. 512 KiB windows
-    stay under every common clamp; each call only queues reads (microseconds when the pages are cached)."""
-    for p in paths:
+def _span(where: str, nbytes: int, size: int) -> tuple[int, int]:
+    """(offset, length) of a span of a file of ``size`` bytes."""
+    if where == "head":
+        return 0, min(nbytes, size)
+    if where == "tail":
+        return max(0, size - nbytes), min(nbytes, size)
+    return max(0, size // 2 - nbytes // 2), min(nbytes, size)          # middle
+
+
+def _advise_willneed(paths, spans=()) -> None:
+    """Advise WILLNEED over each whole file (and the given spans), one window at a time: Linux clamps one
+    call to the device's read-ahead size (``max(read_ahead_kb, max_sectors_kb)``; 8 MiB of a 50 MB h5 on the
+    development VM, as fincore showed), so a single whole-file call would prefetch only the head of each
+    file. 512 KiB windows stay under every common clamp; each call only queues reads (microseconds when the
+    pages are cached)."""
+    todo = [(p, None) for p in paths] + [(p, (w, n)) for p, w, n in spans]
+    for p, span in todo:
         try:
             fd = os.open(p, os.O_RDONLY)
         except OSError:
             continue
         try:
             size = os.fstat(fd).st_size
-            for off in range(0, size, PREFETCH_WINDOW):
-                os.posix_fadvise(fd, off, PREFETCH_WINDOW, os.POSIX_FADV_WILLNEED)
+            start, length = (0, size) if span is None else _span(span[0], span[1], size)
+            for off in range(start, start + length, PREFETCH_WINDOW):
+                os.posix_fadvise(fd, off, min(PREFETCH_WINDOW, start + length - off), os.POSIX_FADV_WILLNEED)
         except OSError:
             pass
         finally:

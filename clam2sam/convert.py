@@ -25,7 +25,7 @@ from typing import Callable
 
 from clam2sam import schema
 from clam2sam.checksums import prefetch
-from clam2sam.convert_slide import SegmentProvider, SlideJob, input_paths, run_job_safe
+from clam2sam.convert_slide import SegmentProvider, SlideJob, input_paths, input_spans, run_job_safe
 from clam2sam.discover import LAYOUTS, discover
 from clam2sam.errors import InputFormatError, StoreError, UsageError
 from clam2sam.fast_write import encode_threads
@@ -185,7 +185,7 @@ def convert_cohort(options: ConvertOptions, segment_provider: SegmentProvider | 
         first = [i for i in ids if i in disc.slides and i not in disc.duplicates
                  and (o.overwrite or not slide_is_complete(o.out, i))][:PREFETCH_AHEAD]
         for sid in first:
-            prefetch(input_paths(disc.slides[sid]))
+            prefetch(input_paths(disc.slides[sid]), input_spans(disc.slides[sid]))
     writer = StoreWriter(o.out, encoder=disc.encoder or o.encoder, membership=o.membership,
                          overwrite=o.overwrite, break_stale_lock=o.break_stale_lock, clevel=o.clevel,
                          codec=o.codec)
@@ -285,7 +285,7 @@ def _run(o: ConvertOptions, writer: StoreWriter, pending, report: Report, provid
             if isinstance(job, SlideJob):
                 ahead = pos[id(job)] + PREFETCH_AHEAD  # later slides' files come off the disk meanwhile
                 if ahead < len(jobs):
-                    prefetch(input_paths(jobs[ahead].files))
+                    prefetch(input_paths(jobs[ahead].files), input_spans(jobs[ahead].files))
                 job.expected_dim = writer.root.attrs.get("feature_dim")
                 job.expected_dtype = writer.root.attrs.get("feature_dtype")
                 status, res = run_job_safe(job, provider)

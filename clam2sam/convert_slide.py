@@ -94,6 +94,19 @@ def input_paths(files: SlideFiles) -> list[Path]:
                         files.segments_pkl) if p is not None]
 
 
+PT_SPAN = 256 << 10   # bytes of a cross-checked .pt read ahead at its head, middle and tail
+
+
+def input_spans(files: SlideFiles) -> list[tuple[Path, str, int]]:
+    """Parts of files a conversion reads only a few blocks of: a CLAM ``.pt`` beside its h5 is cross-checked
+    at its first, middle and last rows (:func:`clam2sam.readers_h5.pt_rows_direct`). A plain tensor's rows
+    fill the file between a few hundred bytes of zip records at each end, so its middle row lies within one
+    row of the file's middle, and the zip directory, the pickle and rows 0 / N-1 lie in its head and tail."""
+    if files.features_h5 is None or files.features_pt is None:
+        return []
+    return [(files.features_pt, w, PT_SPAN) for w in ("head", "middle", "tail")]
+
+
 def run_job(job: SlideJob, segment_provider: SegmentProvider | None = None) -> SlideResult:
     """Convert and write one slide; raises a Clam2SamError naming slide, file and fix on bad input."""
     t0 = time.perf_counter()

@@ -117,6 +117,45 @@ def test_prefetch_advises_the_whole_file_window_by_window(tmp_path, monkeypatch)
     assert covered[0][0] == 0 and covered[-1][1] >= size
     assert all(b[0] <= a[1] for a, b in zip(covered, covered[1:]))         # no gap between windows
 
+
+def test_prefetch_spans_cover_what_the_pt_cross_check_reads(tmp_path, monkeypatch):
+    # the .pt beside an h5 is only cross-checked: its zip records and rows 0, N/2, N-1 must lie in the
+    # head / middle / tail spans read ahead (else each small read waits behind the whole read-ahead queue)
+    import os
+    import re
+    import struct
+    import zipfile
+
+    import torch
+
+    from clam2sam import checksums
+    from clam2sam.convert_slide import input_spans
+    from clam2sam.discover import SlideFiles
+
+    if getattr(os, "posix_fadvise", None) is None:
+        pytest.skip("no posix_fadvise on this platform")
+    for n, d in ((9_001, 1024), (20_000, 384), (5, 1024)):
+        pt = tmp_path / f"s{n}.pt"
+        torch.save(torch.randn(n, d), pt)
+        files = SlideFiles(slide_id="s", features_h5=tmp_path / "s.h5", features_pt=pt)
+        calls = []
+        monkeypatch.setattr(os, "posix_fadvise", lambda fd, off, ln, adv: calls.append((off, off + ln)))
+        checksums._advise_willneed([], input_spans(files))
+        monkeypatch.undo()
+        cached = lambda a, b: any(lo <= a and b <= hi for lo, hi in calls)  # noqa: E731
+        with zipfile.ZipFile(pt) as z:
+            info = [i for i in z.infolist() if re.search(r"/data/\d+$", i.filename)][0]
+            pkl = [i for i in z.infolist() if i.filename.endswith("data.pkl")][0]
+        raw = pt.read_bytes()
+        start = info.header_offset + 30 + sum(struct.unpack("<HH", raw[info.header_offset + 26:info.header_offset + 30]))
+        rb = d * 4
+        for r in sorted({0, n // 2, n - 1}):
+            assert cached(start + r * rb, start + (r + 1) * rb), (n, d, r)
+        assert cached(pkl.header_offset, pkl.header_offset + 30 + pkl.compress_size + 64)   # the pickle
+        assert cached(raw.rfind(b"PK\x05\x06"), len(raw))                                  # the zip directory
+    assert input_spans(SlideFiles(slide_id="s", features_pt=tmp_path / "s.pt")) == []     # pt-only: read whole
+
+
 def _arrays(path):
     r = open_store(path)
     return {sid: {n: r.read_array(sid, n) for n in schema.ALL_ARRAYS} for sid in r.slide_ids()}
