@@ -113,7 +113,7 @@ def machine_info() -> dict:
         "packages": {p: _version(p) for p in ("clam2sam", "torch", "numpy", "zarr", "numcodecs", "h5py",
                                               "scikit-learn", "segment-anything", "psutil")},
         "git": commit,
-        "gpu": "none (no GPU machine is lent to this task)",
+        "gpu": "none on this machine (CUDA figures: bench/gpu_check.sh on a GPU machine, bench/RESULTS_GPU.md)",
     }
 
 

@@ -71,8 +71,8 @@ def sam_section(ctx: Ctx) -> Section:
         p = subprocess.run(cmd, capture_output=True, text=True, cwd=str(ROOT), timeout=1500)
         if p.returncode != 0:
             raise RuntimeError(f"bench_sam.py failed (rc {p.returncode}): {p.stderr[-2000:]}")
-    gpu = ("GPU: no GPU machine is lent to this task, so the vit_h / CUDA figures of issue 3 are not measured "
-           "here; `bench/gpu_sam.sh` is the prepared one-shot script for a task that gets one.")
+    gpu = ("GPU: the vit_h / CUDA figures of issue 3 are not measured on this CPU machine; `bench/gpu_check.sh` "
+           "(with `bench/gpu_sam.sh`) is the prepared one-shot script for a GPU machine (`bench/RESULTS_GPU.md`).")
     if not js.is_file():
         return Section("sam", "5. SAM pass (CPU)", "\n".join([
             "Quick mode: `bench/bench_sam.py` not run and no earlier figures found; see `docs/sam.md`.", "", gpu]),

@@ -185,7 +185,7 @@ def convert_cohort(options: ConvertOptions, segment_provider: SegmentProvider | 
         first = [i for i in ids if i in disc.slides and i not in disc.duplicates
                  and (o.overwrite or not slide_is_complete(o.out, i))][:PREFETCH_AHEAD]
         for sid in first:
-            prefetch(input_paths(disc.slides[sid]), input_spans(disc.slides[sid]))
+            _read_ahead(disc.slides[sid])
     writer = StoreWriter(o.out, encoder=disc.encoder or o.encoder, membership=o.membership,
                          overwrite=o.overwrite, break_stale_lock=o.break_stale_lock, clevel=o.clevel,
                          codec=o.codec)
@@ -258,6 +258,11 @@ def _record(o, writer: StoreWriter, report: Report, sid: str, status: str, res) 
 PREFETCH_AHEAD = 2  # slides whose input files are read ahead into the page cache (1 worker)
 
 
+def _read_ahead(files) -> None:
+    """Queue a later slide's inputs for the page cache: whole files, and the cross-checked parts of its .pt."""
+    prefetch(input_paths(files), input_spans(files))
+
+
 def _worker_init(threads: int) -> None:
     """Worker process start: its share of the encode threads (:func:`clam2sam.fast_write.encode_threads`)."""
     os.environ["CLAM2SAM_THREADS"] = str(threads)
@@ -285,7 +290,7 @@ def _run(o: ConvertOptions, writer: StoreWriter, pending, report: Report, provid
             if isinstance(job, SlideJob):
                 ahead = pos[id(job)] + PREFETCH_AHEAD  # later slides' files come off the disk meanwhile
                 if ahead < len(jobs):
-                    prefetch(input_paths(jobs[ahead].files), input_spans(jobs[ahead].files))
+                    _read_ahead(jobs[ahead].files)
                 job.expected_dim = writer.root.attrs.get("feature_dim")
                 job.expected_dtype = writer.root.attrs.get("feature_dtype")
                 status, res = run_job_safe(job, provider)
