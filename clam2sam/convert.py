@@ -181,9 +181,9 @@ def convert_cohort(options: ConvertOptions, segment_provider: SegmentProvider | 
             if sid not in labels:
                 report.warn(f"slide {sid!r} has no row in {o.dataset_csv}: label and case_id left empty")
 
-    if o.workers <= 1 and not (o.dask_scheduler or o.dask_local):  # the disk starts on the first slides now
+    if not (o.dask_scheduler or o.dask_local):  # the disk starts on the first slides now
         first = [i for i in ids if i in disc.slides and i not in disc.duplicates
-                 and (o.overwrite or not slide_is_complete(o.out, i))][:PREFETCH_AHEAD]
+                 and (o.overwrite or not slide_is_complete(o.out, i))][:_ahead(o.workers)]
         for sid in first:
             _read_ahead(disc.slides[sid])
     writer = StoreWriter(o.out, encoder=disc.encoder or o.encoder, membership=o.membership,
@@ -258,6 +258,11 @@ def _record(o, writer: StoreWriter, report: Report, sid: str, status: str, res) 
 PREFETCH_AHEAD = 2  # slides whose input files are read ahead into the page cache (1 worker)
 
 
+def _ahead(workers: int) -> int:
+    """Slides read ahead: the ones being converted by the other workers, + PREFETCH_AHEAD."""
+    return PREFETCH_AHEAD + max(1, workers) - 1
+
+
 def _read_ahead(files) -> None:
     """Queue a later slide's inputs for the page cache: whole files, and the cross-checked parts of its .pt."""
     prefetch(input_paths(files), input_spans(files))
@@ -314,7 +319,11 @@ def _run(o: ConvertOptions, writer: StoreWriter, pending, report: Report, provid
                              initargs=(threads,)) as ex:
         futs = {ex.submit(run_job_safe, j, provider): sid for sid, j in jobs}
         stop = False
+        nxt = _ahead(workers)        # jobs start in submission order: keep the next ones coming off the disk
         for fut in as_completed(futs):
+            if nxt < len(jobs) and not stop:
+                _read_ahead(jobs[nxt][1].files)
+                nxt += 1
             sid = futs[fut]
             if fut.cancelled():
                 continue

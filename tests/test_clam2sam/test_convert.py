@@ -1,5 +1,6 @@
 import hashlib
 import json
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -192,12 +193,21 @@ def test_partition_convert_and_resume_identical(tmp_path):
         convert_cohort(ConvertOptions(archive=tmp_path / "arch", out=out, membership="reference"))
 
 
-def test_workers_match_single_process(tmp_path):
+def test_workers_match_single_process(tmp_path, monkeypatch):
+    import clam2sam.convert as convert_mod
+
     _cohort(tmp_path / "arch", n_slides=4)
+    advised = []   # every slide's inputs are read ahead, with 1 worker and with 2
+    monkeypatch.setattr(convert_mod, "prefetch", lambda paths, spans=(): advised.append((list(paths), list(spans))))
+    h5s = {p.resolve() for p in (tmp_path / "arch").rglob("h5_files/*.h5")}
+    assert len(h5s) == 4
     convert_cohort(ConvertOptions(archive=tmp_path / "arch", out=tmp_path / "a.zarr"))
+    assert {Path(p).resolve() for paths, _ in advised for p in paths} >= h5s
+    advised.clear()
     seen = []
     rep = convert_cohort(ConvertOptions(archive=tmp_path / "arch", out=tmp_path / "b.zarr", workers=2),
                          progress=lambda sid, done, total: seen.append((done, total)))
+    assert {Path(p).resolve() for paths, _ in advised for p in paths} >= h5s
     assert rep.counts()["converted"] == 4 and seen[0] == (0, 4) and seen[-1] == (4, 4)
     a, b = _arrays(tmp_path / "a.zarr"), _arrays(tmp_path / "b.zarr")
     assert a.keys() == b.keys()
