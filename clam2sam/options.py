@@ -43,7 +43,8 @@ slides_dir_option = click.option(
 
 workers_option = click.option(
     "--workers", type=click.IntRange(min=1), default=1, show_default=True,
-    help="Convert slides in N parallel processes (one writer per slide).")
+    help="Convert slides in N parallel processes (one writer per slide). 1 already keeps up with a slow disk "
+         "(NAS, HDD: the next slides are read ahead); 2+ pay off on large cohorts on fast storage.")
 
 skip_errors_option = click.option(
     "--skip-errors", is_flag=True,
