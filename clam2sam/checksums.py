@@ -50,7 +50,7 @@ def describe_sources(sources: list[tuple[str, Path]], *, checksums: bool = True,
 _PREFETCH: ThreadPoolExecutor | None = None
 
 
-def prefetch(paths, spans=()) -> Future | None:
+def prefetch(paths, spans=(), before=None) -> Future | None:
     """Ask the kernel to read these files into the page cache (``POSIX_FADV_WILLNEED``), from a background
     thread: the next slide's inputs come off the disk while this slide is compressed, and a slow or throttled
     disk never stalls the caller (the advice can block until the reads are queued). Best effort, never raises.
@@ -60,13 +60,24 @@ def prefetch(paths, spans=()) -> Future | None:
         spans: ``[(path, "head" | "middle" | "tail", nbytes)]``: parts of files of which a conversion reads
             only a few blocks (a CLAM ``.pt`` cross-checked at its first, middle and last rows). Their small
             reads would otherwise wait behind the whole read-ahead queue, one round trip each.
+        before: called first on the same thread (e.g. opening the slide with OpenSlide, whose small
+            reads must not queue behind this slide's own read-ahead); its errors are ignored.
     """
     global _PREFETCH
     if getattr(os, "posix_fadvise", None) is None:
         return None
     if _PREFETCH is None:
         _PREFETCH = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clam2sam-prefetch")
-    return _PREFETCH.submit(_advise_willneed, list(paths), list(spans))
+    return _PREFETCH.submit(_before_then_advise, before, list(paths), list(spans))
+
+
+def _before_then_advise(before, paths, spans) -> None:
+    if before is not None:
+        try:
+            before()
+        except Exception:  # noqa: BLE001 - best effort: the caller does the work itself if this failed
+            pass
+    _advise_willneed(paths, spans)
 
 
 PREFETCH_WINDOW = 512 << 10   # bytes per WILLNEED call (see _advise_willneed)

@@ -20,12 +20,14 @@ import pickle
 import shutil
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
 from clam2sam import schema
 from clam2sam.checksums import prefetch
-from clam2sam.convert_slide import SegmentProvider, SlideJob, input_paths, input_spans, run_job_safe
+from clam2sam.convert_slide import (SegmentProvider, SlideJob, drop_slide_properties_ahead, input_paths, input_spans,
+                                    read_slide_properties_ahead, run_job_safe)
 from clam2sam.discover import LAYOUTS, discover
 from clam2sam.errors import InputFormatError, StoreError, UsageError
 from clam2sam.fast_write import encode_threads
@@ -185,7 +187,7 @@ def convert_cohort(options: ConvertOptions, segment_provider: SegmentProvider | 
         first = [i for i in ids if i in disc.slides and i not in disc.duplicates
                  and (o.overwrite or not slide_is_complete(o.out, i))][:_ahead(o.workers)]
         for sid in first:
-            _read_ahead(disc.slides[sid])
+            _read_ahead(disc.slides[sid], props=o.workers <= 1)
     writer = StoreWriter(o.out, encoder=disc.encoder or o.encoder, membership=o.membership,
                          overwrite=o.overwrite, break_stale_lock=o.break_stale_lock, clevel=o.clevel,
                          codec=o.codec)
@@ -213,6 +215,7 @@ def convert_cohort(options: ConvertOptions, segment_provider: SegmentProvider | 
     try:
         _run(o, writer, pending, report, segment_provider, progress)
     finally:
+        drop_slide_properties_ahead()
         try:
             writer.finalize()
         except StoreError as e:  # disk full / permissions: complete slides stay readable; a re-run redoes it
@@ -263,9 +266,11 @@ def _ahead(workers: int) -> int:
     return PREFETCH_AHEAD + max(1, workers) - 1
 
 
-def _read_ahead(files) -> None:
-    """Queue a later slide's inputs for the page cache: whole files, and the cross-checked parts of its .pt."""
-    prefetch(input_paths(files), input_spans(files))
+def _read_ahead(files, *, props: bool = True):
+    """Queue a later slide's inputs for the page cache: whole files, and the cross-checked parts of its .pt;
+    ``props``: first open the slide (OpenSlide), in this process, for :func:`run_job` to take."""
+    before = partial(read_slide_properties_ahead, files.slide_path) if props and files.slide_path else None
+    return prefetch(input_paths(files), input_spans(files), before=before)
 
 
 def _worker_init(threads: int) -> None:
@@ -322,7 +327,7 @@ def _run(o: ConvertOptions, writer: StoreWriter, pending, report: Report, provid
         nxt = _ahead(workers)        # jobs start in submission order: keep the next ones coming off the disk
         for fut in as_completed(futs):
             if nxt < len(jobs) and not stop:
-                _read_ahead(jobs[nxt][1].files)
+                _read_ahead(jobs[nxt][1].files, props=False)   # each worker opens its own slides
                 nxt += 1
             sid = futs[fut]
             if fut.cancelled():

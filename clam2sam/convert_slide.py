@@ -78,6 +78,29 @@ def slide_properties(path: Path | None) -> dict:
         return {"error": f"{type(e).__name__}: {e}"}
 
 
+_PROPS_AHEAD: dict[str, dict] = {}
+
+
+def read_slide_properties_ahead(path: Path | None) -> None:
+    """Open a later slide with OpenSlide now (on the read-ahead thread, before its files are queued): its
+    handful of small header reads would otherwise wait behind the whole read-ahead queue when
+    :func:`run_job` opens the slide (measured: 0.06 s on an idle disk, 1.2 s behind 300 MB of queued reads
+    at 200 MiB/s). :func:`run_job` takes the result."""
+    if path is not None:
+        _PROPS_AHEAD[str(path)] = slide_properties(path)
+
+
+def drop_slide_properties_ahead() -> None:
+    """Forget results of :func:`read_slide_properties_ahead` that no slide used (failed or skipped slides)."""
+    _PROPS_AHEAD.clear()
+
+
+def _slide_properties(path: Path | None) -> dict:
+    """:func:`slide_properties`, from the read-ahead when it got there first."""
+    got = _PROPS_AHEAD.pop(str(path), None) if path is not None else None
+    return got if got is not None else slide_properties(path)
+
+
 def _check_store_compat(job: SlideJob, dim: int, dtype) -> None:
     sid = job.files.slide_id
     if job.expected_dim is not None and dim != job.expected_dim:
@@ -124,7 +147,7 @@ def run_job(job: SlideJob, segment_provider: SegmentProvider | None = None) -> S
                                legacy_downsample=job.legacy_downsample, expect_pt=job.expect_pt)
     warns = list(loaded.warnings)
     _check_store_compat(job, loaded.features.shape[1], loaded.features.dtype)
-    props = slide_properties(f.slide_path)
+    props = _slide_properties(f.slide_path)
     if props.get("error"):
         warns.append(f"slide {sid!r}: {f.slide_path}: not readable by OpenSlide ({props['error']}); "
                      "mpp and level downsamples not taken from it")

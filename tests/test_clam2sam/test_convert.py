@@ -157,6 +157,33 @@ def test_prefetch_spans_cover_what_the_pt_cross_check_reads(tmp_path, monkeypatc
     assert input_spans(SlideFiles(slide_id="s", features_pt=tmp_path / "s.pt")) == []     # pt-only: read whole
 
 
+
+def test_slide_is_opened_ahead_once_and_run_job_takes_it(tmp_path, monkeypatch):
+    # OpenSlide's small header reads must not queue behind the slide's own read-ahead: the read-ahead thread
+    # opens the slide first and run_job takes that result instead of opening the slide again
+    import threading
+
+    from clam2sam import convert as convert_mod, convert_slide
+    from clam2sam.discover import SlideFiles
+
+    svs = REFERENCE / "slides" / "cmu_small_region.svs"
+    real = convert_slide.slide_properties
+    calls = []
+    monkeypatch.setattr(convert_slide, "slide_properties",
+                        lambda p: calls.append(threading.current_thread().name) or real(p))
+    files = SlideFiles(slide_id="cmu", features_h5=tmp_path / "missing.h5", slide_path=svs)
+    fut = convert_mod._read_ahead(files)
+    if fut is None:
+        pytest.skip("no posix_fadvise on this platform: no read-ahead thread")
+    fut.result(timeout=30)
+    assert len(calls) == 1 and calls[0].startswith("clam2sam-prefetch")
+    props = convert_slide._slide_properties(svs)            # taken, not opened again
+    assert len(calls) == 1 and props == real(svs) and props["mpp"] > 0
+    convert_slide._slide_properties(svs)                    # taken once: a second call opens the slide
+    assert len(calls) == 2
+    assert convert_mod._read_ahead(files, props=False).result(timeout=30) is None and len(calls) == 2
+
+
 def _arrays(path):
     r = open_store(path)
     return {sid: {n: r.read_array(sid, n) for n in schema.ALL_ARRAYS} for sid in r.slide_ids()}
@@ -198,7 +225,8 @@ def test_workers_match_single_process(tmp_path, monkeypatch):
 
     _cohort(tmp_path / "arch", n_slides=4)
     advised = []   # every slide's inputs are read ahead, with 1 worker and with 2
-    monkeypatch.setattr(convert_mod, "prefetch", lambda paths, spans=(): advised.append((list(paths), list(spans))))
+    monkeypatch.setattr(convert_mod, "prefetch",
+                        lambda paths, spans=(), before=None: advised.append((list(paths), list(spans))))
     h5s = {p.resolve() for p in (tmp_path / "arch").rglob("h5_files/*.h5")}
     assert len(h5s) == 4
     convert_cohort(ConvertOptions(archive=tmp_path / "arch", out=tmp_path / "a.zarr"))
