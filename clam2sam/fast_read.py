@@ -18,10 +18,17 @@ created lazily and re-created after a fork (a forked DataLoader worker cannot us
 
 Only the layout this project writes is handled: a local directory store, ``regular`` chunk grid with a
 single shard along axis 0 covering the array, ``sharding_indexed`` with inner codecs ``bytes`` (little
-endian) [+ ``blosc``] and index codecs ``bytes`` + ``crc32c`` at the end. Anything else returns ``None`` and
-the caller falls back to zarr. The shard index checksum is verified (CRC32C) and every chunk's extent and
-Blosc header are checked against the file, so a corrupt or truncated shard raises ``ValueError`` (zarr would
-raise too) instead of returning garbage.
+endian) [+ ``blosc``] [+ ``crc32c``] and index codecs ``bytes`` + ``crc32c`` at the end. Anything else returns
+``None`` and the caller falls back to zarr. The shard index checksum is verified (CRC32C), every chunk's
+extent and Blosc header are checked against the file, and, when the inner codecs end with ``crc32c`` (every
+store written since per-chunk checksums), every chunk's own CRC32C is verified before it is decoded, so a
+corrupt or truncated shard -- one flipped bit included -- raises ``ValueError`` (zarr would raise too) instead
+of returning garbage. Stores written before per-chunk checksums (no ``crc32c`` in the inner codecs) still read;
+there only the index and the Blosc headers are checked.
+
+With per-chunk checksums and codec ``none`` a chunk is its output bytes followed by 4 checksum bytes: each
+chunk is read with one ``preadv`` straight into its slice of the output (the checksum into a small buffer)
+and verified there, so no copy is added.
 """
 from __future__ import annotations
 
@@ -88,9 +95,18 @@ def _scratch2(n: int) -> np.ndarray:
 # ------------------------------------------------------------------------------------------ helpers
 
 def _crc32c(data) -> int:
+    """CRC32C of a bytes-like object or a contiguous uint8 numpy array (no copy for arrays)."""
     from google_crc32c import value  # zarr's own dependency for the crc32c codec
 
-    return value(bytes(data))
+    return value(data if isinstance(data, (bytes, np.ndarray)) else bytes(data))
+
+
+def _verify_chunk(data: np.ndarray, stored: int, name: str, k: int) -> None:
+    """Raise ValueError when the chunk bytes ``data`` (uint8, contiguous) do not have the CRC32C ``stored``."""
+    got = _crc32c(data)
+    if got != stored:
+        raise ValueError(f"shard {name}: chunk {k} checksum mismatch (stored crc32c {stored:08x}, computed "
+                         f"{got:08x}): the chunk is corrupt (bit flip on disk or in transfer)")
 
 
 def _pread_into(fd: int, dest, offset: int, what: str) -> None:
@@ -104,8 +120,24 @@ def _pread_into(fd: int, dest, offset: int, what: str) -> None:
         got += r
 
 
+def _preadv_into(fd: int, dests: list, offset: int, what: str) -> None:
+    """Fill the writable buffers ``dests`` back to back from ``fd`` at ``offset`` (scatter read, loops)."""
+    views = [memoryview(d).cast("B") for d in dests]
+    while views:
+        r = os.preadv(fd, views, offset)
+        if r <= 0:
+            raise ValueError(f"{what}: unexpected end of file (truncated)")
+        offset += r
+        while views and r >= views[0].nbytes:
+            r -= views[0].nbytes
+            views.pop(0)
+        if views and r:
+            views[0] = views[0][r:]
+
+
 def _parse(meta: dict):
-    """Return (shape, dtype, fill, shard_shape, inner_shape, blosc: bool) or None when not our layout."""
+    """Return (shape, dtype, fill, shard_shape, inner_shape, blosc: bool, crc: bool) or None when not our
+    layout (``crc``: every inner chunk ends with its CRC32C)."""
     if meta.get("node_type") != "array" or meta.get("zarr_format") != 3 or meta.get("storage_transformers"):
         return None
     codecs = meta.get("codecs") or []
@@ -121,6 +153,9 @@ def _parse(meta: dict):
     if not inner or inner[0].get("name") != "bytes" or inner[0].get("configuration", {}).get("endian",
                                                                                             "little") != "little":
         return None
+    crc = inner[-1].get("name") == "crc32c" and len(inner) > 1
+    if crc:
+        inner = inner[:-1]
     if len(inner) == 1:
         blosc = False
     elif len(inner) == 2 and inner[1].get("name") == "blosc":
@@ -146,7 +181,7 @@ def _parse(meta: dict):
         return None
     if dtype.hasobject or dtype.itemsize == 0:
         return None
-    return shape, dtype, meta.get("fill_value", 0), shard, chunk, blosc
+    return shape, dtype, meta.get("fill_value", 0), shard, chunk, blosc, crc
 
 
 def _wait_all(futs) -> None:
@@ -192,19 +227,24 @@ def _fill(out: np.ndarray, r0: int, r1: int, fill) -> None:
 
 # ------------------------------------------------------------------------------------------ read
 
-def read_whole_array(array_dir: str | os.PathLike, *, threads: int | None = None) -> np.ndarray | None:
+def read_whole_array(array_dir: str | os.PathLike, *, threads: int | None = None,
+                     missing_shard: str = "fill") -> np.ndarray | None:
     """Read a whole single-shard array written by this project, or return None to let zarr do it.
 
     ``threads``: read/decode threads (default :func:`read_threads`); 1 reads serially in the caller.
+    ``missing_shard``: what an absent shard file of a non-empty array means: ``"fill"`` (Zarr's rule: every
+    chunk equals the fill value; what zarr itself writes for such arrays) or ``"error"`` (the store's own
+    writer always writes the shard, so for its arrays a missing shard is damage).
 
     Raises:
-        ValueError: the shard is truncated, its index checksum does not match, or a chunk is malformed.
+        ValueError: the shard is truncated, its index or a chunk's checksum does not match, a chunk is
+            malformed, or (``missing_shard="error"``) the shard file is missing.
     """
     array_dir = os.fspath(array_dir)
     parsed = _metadata(os.path.join(array_dir, "zarr.json"))
     if parsed is None:
         return None
-    shape, dtype, fill, shard, chunk, blosc = parsed
+    shape, dtype, fill, shard, chunk, blosc, crc = parsed
     rows = chunk[0]
     n_inner = shard[0] // rows
     if n_inner * rows != shard[0]:
@@ -216,17 +256,20 @@ def read_whole_array(array_dir: str | os.PathLike, *, threads: int | None = None
     try:
         fd = os.open(shard_file, os.O_RDONLY)
     except FileNotFoundError:                                       # every chunk equal to the fill value
+        if missing_shard == "error":
+            raise ValueError(f"shard file {shard_file} is missing (the array has {shape[0]} rows: deleted or "
+                             "lost file)") from None
         _fill(out, 0, shape[0], fill)
         return out.astype(dtype.newbyteorder("="), copy=False)
     try:
-        _read_shard(fd, shard_file, out, rows, n_inner, fill, blosc,
+        _read_shard(fd, shard_file, out, rows, n_inner, fill, blosc, crc,
                     read_threads() if threads is None else max(1, int(threads)))
     finally:
         os.close(fd)
     return out if dtype.isnative else out.astype(dtype.newbyteorder("="))
 
 
-def _read_shard(fd: int, name: str, out: np.ndarray, rows: int, n_inner: int, fill, blosc: bool,
+def _read_shard(fd: int, name: str, out: np.ndarray, rows: int, n_inner: int, fill, blosc: bool, crc: bool,
                 threads: int) -> None:
     size = os.fstat(fd).st_size
     idx_bytes = 16 * n_inner
@@ -235,14 +278,15 @@ def _read_shard(fd: int, name: str, out: np.ndarray, rows: int, n_inner: int, fi
         raise ValueError(f"shard {name} is truncated ({size} bytes)")
     tail = bytearray(idx_bytes + 4)
     _pread_into(fd, tail, data_end, f"shard {name}")
-    crc = int.from_bytes(tail[-4:], "little")
-    if _crc32c(memoryview(tail)[:idx_bytes]) != crc:
+    idx_crc = int.from_bytes(tail[-4:], "little")
+    if _crc32c(memoryview(tail)[:idx_bytes]) != idx_crc:
         raise ValueError(f"shard {name}: index checksum mismatch (corrupt or truncated file)")
     index = np.frombuffer(bytes(tail[:idx_bytes]), dtype="<u8").reshape(n_inner, 2)   # (offset, nbytes)
 
     n_rows = out.shape[0]
     row_bytes = out.nbytes // n_rows
     chunk_bytes = rows * row_bytes
+    tail_bytes = 4 if crc else 0                                   # per-chunk CRC32C after the encoded bytes
     total = out.nbytes
     n_used = -(-n_rows // rows)                                    # chunks past the array are never read
     flat = out.reshape(-1).view(np.uint8)
@@ -254,12 +298,14 @@ def _read_shard(fd: int, name: str, out: np.ndarray, rows: int, n_inner: int, fi
             continue
         if offs[k] + nbs[k] > data_end:
             raise ValueError(f"shard {name}: chunk {k} lies outside the file (truncated)")
-        if not blosc and nbs[k] != chunk_bytes:
-            raise ValueError(f"shard {name}: chunk {k} has {nbs[k]} bytes, expected {chunk_bytes}")
+        if not blosc and nbs[k] != chunk_bytes + tail_bytes:
+            raise ValueError(f"shard {name}: chunk {k} has {nbs[k]} bytes, expected {chunk_bytes + tail_bytes}")
+        if nbs[k] < tail_bytes:
+            raise ValueError(f"shard {name}: chunk {k} is too short for its checksum")
         stored += nbs[k]
     use_pool = threads > 1 and n_used > 1 and stored >= SMALL_BYTES
 
-    if not blosc:
+    if not blosc and not crc:
         contiguous = all(offs[k] == offs[0] + k * chunk_bytes for k in range(n_used))
         if contiguous:                                             # one read of the data region into out
             if not use_pool:
@@ -278,17 +324,31 @@ def _read_shard(fd: int, name: str, out: np.ndarray, rows: int, n_inner: int, fi
         if offs[k] == _EMPTY and nbs[k] == _EMPTY:
             _fill(out, k * rows, min((k + 1) * rows, n_rows), fill)
             return
-        if not blosc:                                              # a raw chunk: its prefix is the rows we keep
+        if not blosc and not crc:                                  # a raw chunk: its prefix is the rows we keep
             _pread_into(fd, flat[a:b], offs[k], f"shard {name}")
             return
-        src = _scratch(nbs[k])
-        _pread_into(fd, src, offs[k], f"shard {name}")
-        if nbs[k] < _BLOSC_HEADER.size:
+        if not blosc:                                              # raw chunk + CRC32C
+            if b - a == chunk_bytes:                               # straight into the output, checksum aside
+                tail = np.empty(4, np.uint8)
+                _preadv_into(fd, [flat[a:b], tail], offs[k], f"shard {name}")
+                _verify_chunk(flat[a:b], int.from_bytes(tail.tobytes(), "little"), name, k)
+                return
+            src = _scratch(nbs[k])                                 # partial last chunk: whole chunk aside
+            _pread_into(fd, src, offs[k], f"shard {name}")
+            _verify_chunk(src[:chunk_bytes], int.from_bytes(src[chunk_bytes:].tobytes(), "little"), name, k)
+            flat[a:b] = src[: b - a]
+            return
+        src = raw = _scratch(nbs[k])
+        _pread_into(fd, raw, offs[k], f"shard {name}")
+        if crc:                                                    # verify before Blosc sees the bytes
+            src = raw[: nbs[k] - 4]
+            _verify_chunk(src, int.from_bytes(raw[-4:].tobytes(), "little"), name, k)
+        if src.nbytes < _BLOSC_HEADER.size:
             raise ValueError(f"shard {name}: chunk {k} is too short for a Blosc header")
         _v, _vl, _flags, _ts, nbytes, _bs, cbytes = _BLOSC_HEADER.unpack_from(src)
-        if nbytes != chunk_bytes or cbytes > nbs[k]:
+        if nbytes != chunk_bytes or cbytes > src.nbytes:
             raise ValueError(f"shard {name}: chunk {k} has a bad Blosc header "
-                             f"(nbytes {nbytes}, cbytes {cbytes}; expected {chunk_bytes} from {nbs[k]} bytes)")
+                             f"(nbytes {nbytes}, cbytes {cbytes}; expected {chunk_bytes} from {src.nbytes} bytes)")
         from numcodecs import blosc as _blosc
 
         if b - a == chunk_bytes:

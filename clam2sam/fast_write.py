@@ -3,10 +3,12 @@
 zarr 3.1's generic write path assembles a whole shard in memory through its async machinery (several
 copies of the array and ~60% of a conversion's time in profiles). The store's layout is fixed and simple
 (``clam2sam.store.write_slide_group``): every per-slide array is ONE shard along axis 0, inner chunks of
-``rows`` rows, inner codecs ``bytes`` (little endian) [+ ``blosc``], index ``bytes`` + ``crc32c`` at the end.
-So a shard can be streamed: inner chunks are compressed by a small thread pool (Blosc releases the GIL),
-written in order as they finish, then the index and its CRC32C are appended. Memory stays at a few chunks
-whatever the slide size.
+``rows`` rows, inner codecs ``bytes`` (little endian) [+ ``blosc``] + ``crc32c``, index ``bytes`` + ``crc32c``
+at the end. So a shard can be streamed: inner chunks are compressed by a small thread pool (Blosc releases the
+GIL), each gets its CRC32C appended (Zarr v3's ``crc32c`` codec: 4 bytes, little endian, of the encoded chunk),
+they are written in order as they finish, then the index and its CRC32C are appended. Memory stays at a few
+chunks whatever the slide size. Every reader (zarr, :mod:`clam2sam.fast_read`) verifies each chunk's CRC32C,
+so a flipped bit anywhere in a shard is an error, never a silently changed value.
 
 The metadata written is exactly what ``zarr.create_array`` writes for the same parameters (a test compares
 the two), so zarr, and any other Zarr v3 reader, reads these arrays unchanged.
@@ -43,14 +45,21 @@ def _fill_value(dtype: np.dtype):
     return 0.0 if dtype.kind == "f" else 0
 
 
-def array_metadata(shape: tuple, dtype, rows: int, shard_rows: int, codec: str, clevel: int) -> dict:
-    """The ``zarr.json`` of one single-shard array (as ``zarr.create_array`` writes it)."""
+def array_metadata(shape: tuple, dtype, rows: int, shard_rows: int, codec: str, clevel: int, *,
+                   checksum: bool = True) -> dict:
+    """The ``zarr.json`` of one single-shard array (as ``zarr.create_array`` writes it).
+
+    ``checksum``: end the inner codecs with ``crc32c`` (per-chunk checksum; False: the layout of stores
+    written before per-chunk checksums, kept for tests of reading such stores).
+    """
     dtype = np.dtype(dtype)
     inner = [{"name": "bytes", "configuration": {"endian": "little"}}]
     if codec != "none":
         inner.append({"name": "blosc", "configuration": {"typesize": dtype.itemsize, "cname": codec,
                                                          "clevel": clevel, "shuffle": "shuffle",
                                                          "blocksize": 0}})
+    if checksum:
+        inner.append({"name": "crc32c"})
     rest = [int(v) for v in shape[1:]]
     return {
         "shape": [int(v) for v in shape],
@@ -96,13 +105,14 @@ def write_json(path: Path, obj: dict, *, atomic: bool = True) -> None:
 
 
 def write_array(array_dir: str | os.PathLike, data: np.ndarray, *, rows: int, shard_rows: int,
-                codec: str, clevel: int) -> None:
+                codec: str, clevel: int, checksum: bool = True) -> None:
     """Write ``data`` as a single-shard Zarr v3 array under ``array_dir`` (streamed, bounded memory).
 
     Args:
         data: ``(n, ...)`` array (any byte order; stored little endian).
         rows: inner chunk rows; ``shard_rows``: the shard's rows (a multiple of ``rows`` covering ``n``).
         codec: ``"zstd"``, ``"lz4"`` (Blosc, byte shuffle) or ``"none"``.
+        checksum: append each encoded chunk's CRC32C (the ``crc32c`` codec; the store always does).
     """
     from google_crc32c import value as crc32c
 
@@ -110,12 +120,18 @@ def write_array(array_dir: str | os.PathLike, data: np.ndarray, *, rows: int, sh
     array_dir.mkdir(parents=True, exist_ok=True)
     n = int(data.shape[0])
     le = data.dtype.newbyteorder("<")
-    meta = array_metadata(data.shape, data.dtype, rows, shard_rows, codec, clevel)
+    meta = array_metadata(data.shape, data.dtype, rows, shard_rows, codec, clevel, checksum=checksum)
     write_json(array_dir / "zarr.json", meta, atomic=False)
     if n == 0:
         return
     n_inner = shard_rows // rows
     encode = _encoder(codec, clevel, data.dtype.itemsize)
+    if checksum:
+        compress = encode
+
+        def encode(block):                               # bytes -> compressor -> crc32c (zarr's codec order)
+            enc = compress(block)                        # (pieces written back to back: no concatenation copy)
+            return enc, int(crc32c(enc)).to_bytes(4, "little")
 
     def block(k: int) -> np.ndarray:                     # (rows, ...) little endian, zero-padded at the end
         b = data[k * rows:(k + 1) * rows]
@@ -130,11 +146,15 @@ def write_array(array_dir: str | os.PathLike, data: np.ndarray, *, rows: int, sh
     index = np.empty((n_inner, 2), "<u8")                # (offset, nbytes) per inner chunk
     offset = 0
     with _create(shard) as f:
-        def put(k: int, enc: bytes) -> None:
+        def put(k: int, enc) -> None:                    # enc: bytes, or (bytes, crc32c bytes)
             nonlocal offset
-            f.write(enc)
-            index[k] = (offset, len(enc))
-            offset += len(enc)
+            parts = enc if isinstance(enc, tuple) else (enc,)
+            size = 0
+            for part in parts:
+                f.write(part)
+                size += len(part)
+            index[k] = (offset, size)
+            offset += size
 
         if n_inner == 1 or data.nbytes < SMALL_BYTES or encode_threads() == 1:
             for k in range(n_inner):

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import zarr
-from zarr.codecs import BloscCodec, BloscShuffle
+from zarr.codecs import BloscCodec, BloscShuffle, Crc32cCodec
 
 from clam2sam import schema
 from clam2sam._testhooks import maybe_die
@@ -58,13 +58,16 @@ def resolve_clevel(codec: str, clevel: int | None) -> int:
     return DEFAULT_CLEVEL[codec] if clevel is None else int(clevel)
 
 
-def zarr_compressors(codec: str = DEFAULT_CODEC, clevel: int | None = None) -> tuple:
+def zarr_compressors(codec: str = DEFAULT_CODEC, clevel: int | None = None, *, checksum: bool = True) -> tuple:
     """zarr's ``compressors=`` for the store's codec settings (``()`` = uncompressed): what
-    :mod:`clam2sam.fast_write` writes, expressed for ``zarr.create_array`` (tests build reference arrays)."""
+    :mod:`clam2sam.fast_write` writes, expressed for ``zarr.create_array`` (tests build reference arrays):
+    Blosc (none for ``"none"``), then the per-chunk ``crc32c`` checksum (``checksum=False``: without it, the
+    layout of stores written before per-chunk checksums)."""
     clevel = resolve_clevel(codec, clevel)
+    crc = (Crc32cCodec(),) if checksum else ()
     if codec == "none":
-        return ()
-    return (BloscCodec(cname=codec, clevel=clevel, shuffle=BloscShuffle.shuffle),)
+        return crc
+    return (BloscCodec(cname=codec, clevel=clevel, shuffle=BloscShuffle.shuffle),) + crc
 
 
 def chunk_rows(row_bytes: int) -> int:

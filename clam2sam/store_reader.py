@@ -6,7 +6,6 @@ import os
 from pathlib import Path
 
 import numpy as np
-import zarr
 
 from clam2sam import schema
 from clam2sam.errors import StoreError
@@ -91,6 +90,8 @@ class StoreReader:
         if not (gdir / "zarr.json").exists():
             raise StoreError("slide not in store", slide=slide_id, path=self.path,
                              fix="list slides with `clam2sam inspect STORE`")
+        import zarr   # only for stores not in this tool's own layout (and their errors)
+
         try:
             return zarr.open_group(str(gdir), mode="r", use_consolidated=False)
         except Exception as e:  # noqa: BLE001 - damaged group metadata
@@ -108,7 +109,7 @@ class StoreReader:
         """One whole array of a slide (fast single-read path for the store's own layout, else zarr)."""
         adir = os.path.join(self._slides_dir, slide_key(slide_id), name)   # str joins: hot path, ~6 calls/bag
         try:
-            fast = read_whole_array(adir)
+            fast = read_whole_array(adir, missing_shard="error")   # the store always writes the shard
         except Exception as e:  # noqa: BLE001 - corrupt / truncated shard, codec (blosc RuntimeError), bad json
             raise StoreError(f"array {name!r} unreadable ({type(e).__name__}: {str(e)[:200]})", slide=slide_id,
                              path=adir,

@@ -48,27 +48,29 @@ def test_store_reader_uses_fast_path_and_names_corrupt_shard(tmp_path):
 
 # ------------------------------------------------------------------ threaded / direct-read paths
 
-def _make(tmp_path, x, codec, rows, name="a"):
-    """A single-shard array like the store's (inner chunks of ``rows`` rows); returns its directory."""
+def _make(tmp_path, x, codec, rows, name="a", checksum=True):
+    """A single-shard array like the store's (inner chunks of ``rows`` rows); returns its directory.
+    ``checksum=False``: without per-chunk CRC32C (stores written before per-chunk checksums)."""
     g = zarr.open_group(str(tmp_path / "s.zarr"), mode="a")
     n = x.shape[0]
     a = g.create_array(name, shape=x.shape, dtype=x.dtype, chunks=(rows,) + x.shape[1:],
-                       shards=(-(-n // rows) * rows,) + x.shape[1:], compressors=zarr_compressors(codec, 3),
-                       fill_value=0)
+                       shards=(-(-n // rows) * rows,) + x.shape[1:],
+                       compressors=zarr_compressors(codec, 3, checksum=checksum), fill_value=0)
     a[...] = x
     return tmp_path / "s.zarr" / name
 
 
+@pytest.mark.parametrize("checksum", [True, False])
 @pytest.mark.parametrize("codec", ["zstd", "lz4", "none"])
 @pytest.mark.parametrize("shape", [(5000,), (4097, 64), (1, 3), (3 * 256, 100)])
-def test_threaded_equals_serial_equals_zarr(tmp_path, codec, shape, monkeypatch):
+def test_threaded_equals_serial_equals_zarr(tmp_path, codec, shape, checksum, monkeypatch):
     import clam2sam.fast_read as fr
 
     monkeypatch.setattr(fr, "SMALL_BYTES", 0)          # use the pool even for these small arrays
     x = np.random.default_rng(sum(shape)).normal(size=shape).astype(np.float32)
     if shape[0] > 600:
         x[256:512] = 0                                   # a fill-valued inner chunk (not stored by zarr)
-    adir = _make(tmp_path, x, codec, rows=256)           # partial last chunk unless shape[0] % 256 == 0
+    adir = _make(tmp_path, x, codec, rows=256, checksum=checksum)   # partial last chunk unless n % 256 == 0
     ref = zarr.open_array(str(adir))[...]
     serial = read_whole_array(adir, threads=1)
     threaded = read_whole_array(adir, threads=3)
@@ -117,14 +119,15 @@ def _rewrite_shard(adir, n_inner, order, gap=0):
     return shard
 
 
+@pytest.mark.parametrize("checksum", [True, False])
 @pytest.mark.parametrize("codec", ["none", "zstd"])
 @pytest.mark.parametrize("threads", [1, 2])
-def test_chunks_out_of_order_are_read_right(tmp_path, codec, threads, monkeypatch):
+def test_chunks_out_of_order_are_read_right(tmp_path, codec, threads, checksum, monkeypatch):
     import clam2sam.fast_read as fr
 
     monkeypatch.setattr(fr, "SMALL_BYTES", 0)
     x = np.random.default_rng(7).normal(size=(1000, 16)).astype(np.float32)
-    adir = _make(tmp_path, x, codec, rows=128)          # 8 inner chunks, last one partial
+    adir = _make(tmp_path, x, codec, rows=128, checksum=checksum)   # 8 inner chunks, last one partial
     _rewrite_shard(adir, 8, order=[3, 0, 7, 1, 6, 2, 5, 4], gap=24)
     np.testing.assert_array_equal(zarr.open_array(str(adir))[...], x)   # still a valid shard for zarr
     np.testing.assert_array_equal(read_whole_array(adir, threads=threads), x)
@@ -147,13 +150,23 @@ def test_bad_chunk_extent_and_blosc_header_raise(tmp_path, threads, monkeypatch)
     shard.write_bytes(good[:-(16 * 8 + 4)] + raw + value(raw).to_bytes(4, "little"))
     with pytest.raises(ValueError, match="outside the file"):
         read_whole_array(adir, threads=threads)
-    # 2) a Blosc header claiming more compressed bytes than the chunk holds (not covered by the CRC)
+    # 2) a Blosc header claiming more compressed bytes than the chunk holds: the chunk's CRC32C catches it;
+    #    in a store without per-chunk checksums the header check does
     bad = bytearray(good)
     off = int(np.frombuffer(good[-(16 * 8 + 4):-4], dtype="<u8")[2 * 3])
     bad[off + 12:off + 16] = (10**9).to_bytes(4, "little")
     shard.write_bytes(bytes(bad))
-    with pytest.raises(ValueError, match="Blosc header"):
+    with pytest.raises(ValueError, match="chunk 3 checksum mismatch"):
         read_whole_array(adir, threads=threads)
+    legacy = _make(tmp_path, x, "lz4", rows=128, name="legacy", checksum=False)
+    lshard = legacy / "c" / "0" / "0"
+    lgood = lshard.read_bytes()
+    bad = bytearray(lgood)
+    off = int(np.frombuffer(lgood[-(16 * 8 + 4):-4], dtype="<u8")[2 * 3])
+    bad[off + 12:off + 16] = (10**9).to_bytes(4, "little")
+    lshard.write_bytes(bytes(bad))
+    with pytest.raises(ValueError, match="Blosc header"):
+        read_whole_array(legacy, threads=threads)
     # 3) truncated: index checksum / size check
     shard.write_bytes(good[: len(good) - 7])
     with pytest.raises(ValueError):

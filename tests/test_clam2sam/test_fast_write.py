@@ -12,10 +12,22 @@ from clam2sam.fast_write import array_metadata, write_array
 from clam2sam.store import zarr_compressors
 
 
-def _zarr_meta(tmp_path, shape, dtype, rows, shard_rows, codec, clevel):
+def _zarr_meta(tmp_path, shape, dtype, rows, shard_rows, codec, clevel, checksum=True):
     zarr.create_array(str(tmp_path / "ref"), shape=shape, dtype=dtype, chunks=(rows,) + shape[1:],
-                      shards=(shard_rows,) + shape[1:], compressors=zarr_compressors(codec, clevel), fill_value=0)
+                      shards=(shard_rows,) + shape[1:], compressors=zarr_compressors(codec, clevel, checksum=checksum),
+                      fill_value=0, overwrite=True)
     return json.loads((tmp_path / "ref" / "zarr.json").read_text())
+
+
+@pytest.mark.parametrize("codec", ["zstd", "lz4", "none"])
+def test_metadata_has_the_per_chunk_crc32c_last(tmp_path, codec):
+    """bytes -> [blosc] -> crc32c, as zarr writes it; checksum=False is the layout of older stores."""
+    ours = array_metadata((300, 7), "float32", 64, 320, codec, 3)
+    inner = [c["name"] for c in ours["codecs"][0]["configuration"]["codecs"]]
+    assert inner == (["bytes", "crc32c"] if codec == "none" else ["bytes", "blosc", "crc32c"])
+    legacy = array_metadata((300, 7), "float32", 64, 320, codec, 3, checksum=False)
+    assert "crc32c" not in [c["name"] for c in legacy["codecs"][0]["configuration"]["codecs"]]
+    assert legacy == _zarr_meta(tmp_path, (300, 7), "float32", 64, 320, codec, 3, checksum=False)
 
 
 @pytest.mark.parametrize("codec", ["zstd", "lz4", "none"])
@@ -52,10 +64,18 @@ def test_shard_is_streamed_in_order_with_a_valid_crc(tmp_path):
     idx_raw, crc = raw[-(3 * 16 + 4):-4], int.from_bytes(raw[-4:], "little")
     assert crc32c(idx_raw) == crc
     index = np.frombuffer(idx_raw, "<u8").reshape(3, 2)
-    assert index.tolist() == [[0, 64], [64, 64], [128, 64]]    # offsets in order, 4 rows x 4 x 4 bytes each
-    last = np.frombuffer(raw[128:192], "<f4").reshape(4, 4)
+    # offsets in order; each chunk = 4 rows x 4 x 4 bytes + its 4-byte CRC32C (little endian)
+    assert index.tolist() == [[0, 68], [68, 68], [136, 68]]
+    for off, _ in index.tolist():
+        assert crc32c(raw[off:off + 64]) == int.from_bytes(raw[off + 64:off + 68], "little")
+    np.testing.assert_array_equal(np.frombuffer(raw[0:64], "<f4").reshape(4, 4), x[:4])
+    last = np.frombuffer(raw[136:200], "<f4").reshape(4, 4)
     np.testing.assert_array_equal(last[:2], x[8:])             # padded last chunk: data, then zeros
     assert not last[2:].any()
+    legacy = write_array(tmp_path / "b", x, rows=4, shard_rows=12, codec="none", clevel=3, checksum=False)
+    assert legacy is None
+    raw = (tmp_path / "b" / "c" / "0" / "0").read_bytes()
+    assert np.frombuffer(raw[-(3 * 16 + 4):-4], "<u8").reshape(3, 2).tolist() == [[0, 64], [64, 64], [128, 64]]
 
 
 def test_empty_array_writes_metadata_only(tmp_path):
