@@ -102,6 +102,11 @@ def summary_table(results: dict) -> str:
     if has_opt:
         r += [_fmt(s["test_optimistic"].get("acc")), _fmt(s["test_optimistic"].get("f1"))]
     rows.append(r)
+    pooled = s.get("test_auc_pooled")
+    if pooled:  # all folds' test predictions scored together, bootstrap 95 % interval over slides
+        from trainer.run_report import ci_text
+
+        rows.append(["pooled [95 % CI]", "", "", "", ci_text(pooled)] + [""] * (len(head) - 5))
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(x) + " |" for x in rows]
     cfg = results["config"]
@@ -109,5 +114,7 @@ def summary_table(results: dict) -> str:
     lines.append(f"model {cfg['model']} (group features {'on' if cfg['group_features'] else 'off'}), "
                  f"{len(results['folds'])} folds, {results['n_slides']} slides {results['class_counts']}. "
                  "Test figures use the threshold chosen on validation; OPTIMISTIC columns re-pick it on the test "
-                 "fold (only for comparison with published numbers).")
+                 "fold (only for comparison with published numbers)."
+                 + (" Pooled: the AUC of every fold's test predictions together, with a 95 % bootstrap interval "
+                    "over slides." if s.get("test_auc_pooled") else ""))
     return "\n".join(lines)
