@@ -35,6 +35,7 @@ from clam2sam.ids import normalise_slide_id, slide_key
 from clam2sam.process_list import PROCESS_LIST_NAME, read_dataset_csv, read_mpp_csv, read_process_list
 from clam2sam.report import Report
 from clam2sam.store import StoreWriter, slide_is_complete, write_error
+from clam2sam.store_labels import check_labels_match, update_labels
 from clam2sam.urls import local_path
 
 REPORT_NAME = "convert_report.json"
@@ -124,8 +125,30 @@ def _check(o: ConvertOptions) -> None:
         v = getattr(o, name)
         if v is not None and not v > 0:
             raise UsageError(f"--{name.replace('_', '-')} must be > 0", fix="pass a positive number")
-    if o.out.resolve() == o.archive.resolve():
-        raise UsageError("--out would write into the source archive", path=o.out, fix="choose another --out")
+    _check_out_apart(o)
+
+
+SOURCE_OPTIONS = ("archive", "features_dir", "pt_dir", "patches_dir", "sam_info_dir", "segments_dir", "slides_dir",
+                  "process_list", "dataset_csv", "mpp_csv")
+
+
+def _check_out_apart(o: ConvertOptions) -> None:
+    """--out must be neither a source path nor a folder holding one (the store may be written, and with
+    --overwrite replaced, there)."""
+    out = o.out.resolve()
+    for name in SOURCE_OPTIONS:
+        src = getattr(o, name)
+        if src is None:
+            continue
+        src = src.resolve()
+        flag = "ARCHIVE" if name == "archive" else f"--{name.replace('_', '-')}"
+        if src == out:
+            raise UsageError(f"--out is the source {flag}: the store would be written into it", path=o.out,
+                             fix="choose another --out, e.g. a new folder cohort.zarr beside the archive")
+        if out in src.parents:
+            raise UsageError(f"--out is a folder that holds the source {flag} ({src})", path=o.out,
+                             fix="choose another --out: a new folder that is not above any source "
+                                 "(e.g. cohort.zarr beside the archive)")
 
 
 def convert_cohort(options: ConvertOptions, segment_provider: SegmentProvider | None = None,
@@ -166,8 +189,12 @@ def convert_cohort(options: ConvertOptions, segment_provider: SegmentProvider | 
     ids = sorted(set(ids))
     if o.slides:
         wanted = {normalise_slide_id(s) for s in o.slides}
-        for s in sorted(wanted - set(ids)):
-            report.warn(f"slide {s!r} asked for with --slide but not found in {o.archive}")
+        missing = sorted(wanted - set(ids))
+        if missing:  # before the store is created: a typo leaves nothing behind
+            some = ", ".join(repr(i) for i in ids[:5]) + (f" ... ({len(ids)} in all)" if len(ids) > 5 else "")
+            raise UsageError(f"--slide {', '.join(map(repr, missing))}: no such slide in the archive "
+                             f"(it has {some or 'no slides'})", path=o.archive,
+                             fix="check the id (the file name without its extension) or drop that --slide")
         ids = [i for i in ids if i in wanted]
     if plist is not None:
         for sid in sorted(set(plist.rows) - set(disc.slides)):
@@ -177,11 +204,7 @@ def convert_cohort(options: ConvertOptions, segment_provider: SegmentProvider | 
                                 "to convert it anyway)")
         ids = [i for i in ids if i in plist.rows]
     if labels is not None:
-        for sid in sorted(set(labels) - set(disc.slides)):
-            report.warn(f"slide {sid!r} is in {o.dataset_csv} but has no features")
-        for sid in ids:
-            if sid not in labels:
-                report.warn(f"slide {sid!r} has no row in {o.dataset_csv}: label and case_id left empty")
+        check_labels_match(labels, ids, o.dataset_csv, report)
 
     if not (o.dask_scheduler or o.dask_local):  # the disk starts on the first slides now
         first = [i for i in ids if i in disc.slides and i not in disc.duplicates
@@ -191,8 +214,11 @@ def convert_cohort(options: ConvertOptions, segment_provider: SegmentProvider | 
     writer = StoreWriter(o.out, encoder=disc.encoder or o.encoder, membership=o.membership,
                          overwrite=o.overwrite, break_stale_lock=o.break_stale_lock, clevel=o.clevel,
                          codec=o.codec)
+    for note in writer.notes:
+        report.warn(note)
     expect_pt = disc.layout in ("clam-fp", "clam-legacy", "sammil") and disc.dirs.get("features_pt") is not None
     pending: list[tuple[str, object]] = []   # ("job", SlideJob) | ("fail", error)
+    relabel: dict[str, dict] = {}            # complete slides: labels / case ids from the dataset CSV
     for sid in ids:
         if sid in disc.duplicates:
             pending.append((sid, InputFormatError(
@@ -201,6 +227,8 @@ def convert_cohort(options: ConvertOptions, segment_provider: SegmentProvider | 
             continue
         if not o.overwrite and writer.is_complete(sid):
             report.skipped(sid, "already complete in the store (resume); pass --overwrite to redo")
+            if labels is not None and sid in labels:
+                relabel[sid] = labels[sid]
             continue
         lab = (labels or {}).get(sid, {})
         if segment_provider is None and disc.dirs.get("segments_pkl") and disc.slides[sid].segments_pkl is None:
@@ -213,10 +241,15 @@ def convert_cohort(options: ConvertOptions, segment_provider: SegmentProvider | 
             process_list=plist.provenance(sid) if plist else None, encoder=disc.encoder or o.encoder,
             expect_pt=expect_pt, checksums=o.checksums, clevel=o.clevel, codec=o.codec)))
     try:
+        if relabel:
+            update_labels(writer, relabel, o.dataset_csv, report)
         _run(o, writer, pending, report, segment_provider, progress)
     finally:
         drop_slide_properties_ahead()
         try:
+            if writer.abandon_overwrite():
+                report.warn(f"no slide was converted: the store that --overwrite was to replace is kept as it was "
+                            f"({o.out})")
             writer.finalize()
         except StoreError as e:  # disk full / permissions: complete slides stay readable; a re-run redoes it
             report.error(str(e))
@@ -247,6 +280,10 @@ def _record(o, writer: StoreWriter, report: Report, sid: str, status: str, res) 
                 report.error(str(e))
             for w in res.warnings:
                 report.warn(w)
+            try:
+                writer.commit_overwrite()   # the first new slide is there: the replaced store goes
+            except StoreError as e:
+                report.error(str(e))
             report.converted(sid, path=res.path, seconds=round(res.seconds, 3), n_patches=res.n_patches,
                              n_segments=res.n_segments)
             return True

@@ -191,6 +191,7 @@ def run_job(job: SlideJob, segment_provider: SegmentProvider | None = None) -> S
         "membership": job.membership, "sam": sam, "process_list": job.process_list,
         "encoder": loaded.encoder or job.encoder, "n_group_rows_dropped": loaded.n_group_rows,
         "patch_geometry": loaded.patch_info, "slide_path": str(f.slide_path) if f.slide_path else None,
+        "source_byte_order": loaded.source_byte_order,   # the store holds little-endian features whatever it is
     }
     arrays = build_slide_arrays(sid, loaded.features, loaded.coords, memb, total_downsample=D, mpp=mpp, attrs=attrs)
     arrays.attrs["sources"] = digests.result()

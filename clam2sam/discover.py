@@ -88,8 +88,17 @@ def _index(folder: Path | None, exts: tuple[str, ...], *, patches_suffix: bool =
     out: dict[str, Path] = {}
     if folder is None or not folder.is_dir():
         return out
+    apple = 0
     for p in sorted(folder.iterdir()):
-        if not p.is_file() or not p.name.lower().endswith(exts) or p.name.startswith("."):
+        if not p.is_file() or not p.name.lower().endswith(exts):
+            continue
+        if p.name.startswith("._"):   # macOS AppleDouble metadata beside a copied file: not a feature file
+            apple += 1
+            continue
+        if p.name.startswith("."):
+            if bad is not None:
+                bad.append(f"{p}: left out: hidden file (its name starts with '.'); rename it without the leading "
+                           "dot if it holds a slide's data")
             continue
         try:
             sid = normalise_slide_id(p.name, strip_patches_suffix=patches_suffix)
@@ -101,6 +110,8 @@ def _index(folder: Path | None, exts: tuple[str, ...], *, patches_suffix: bool =
             dups.setdefault(sid, [str(out[sid])]).append(str(p))
             continue
         out[sid] = p
+    if apple and bad is not None:
+        bad.append(f"{folder}: left out {apple} macOS metadata file(s) named '._*' (not slide data)")
     return out
 
 

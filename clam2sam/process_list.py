@@ -16,20 +16,36 @@ PROCESS_LIST_NAME = "process_list_autogen.csv"
 STATUSES = ("tbp", "processed", "already_exist", "failed_seg")
 
 
-def _read_rows(path: Path, required: tuple[str, ...], what: str) -> list[dict[str, str]]:
+def _line_of(data: bytes, pos: int) -> int:
+    return data.count(b"\n", 0, pos) + 1
+
+
+def _read_rows(path: Path, required: tuple[str, ...], what: str,
+               hints: dict[str, str] | None = None) -> list[dict[str, str]]:
+    """Rows of a UTF-8 CSV with a header; ``hints``: column -> extra advice when that column is missing."""
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
             header = reader.fieldnames or []
             rows = list(reader)
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
+    except UnicodeDecodeError as e:
+        try:
+            line = _line_of(path.read_bytes(), e.start)
+        except OSError:
+            line = "?"
+        raise InputFormatError(
+            f"{what} is not UTF-8 text: byte 0x{e.object[e.start]:02x} on line {line} (a Latin-1 / Windows-1252 "
+            "file, e.g. saved by Excel?)", path=path,
+            fix=f"save it as UTF-8 (Excel: 'CSV UTF-8'; or: iconv -f latin1 -t utf-8 {path} > fixed.csv)") from e
+    except (OSError, csv.Error) as e:
         raise InputFormatError(f"unreadable {what} ({type(e).__name__}: {e})", path=path,
-                               fix="check the file") from e
+                               fix="check that the path is a readable comma-separated text file") from e
     header = [h.strip() for h in header if h is not None]
     missing = [c for c in required if c not in header]
     if missing:
+        extra = "; ".join(hints[c].replace("{header}", str(header)) for c in missing if hints and c in hints)
         raise InputFormatError(f"{what} lacks column(s) {missing} (has {header})", path=path,
-                               fix=f"a {what} needs the columns {list(required)}")
+                               fix=extra or f"a {what} needs the columns {list(required)}")
     return [{(k or "").strip(): (v or "").strip() for k, v in r.items() if k is not None} for r in rows]
 
 
@@ -85,7 +101,10 @@ def read_process_list(path: str | Path) -> ProcessList:
 def read_dataset_csv(path: str | Path, label_col: str = "label") -> dict[str, dict[str, str | None]]:
     """Read CLAM's dataset CSV: slide id -> ``{"case_id", "label"}`` (strings; empty cells -> None)."""
     path = Path(path)
-    rows = _read_rows(path, ("slide_id", label_col), "dataset CSV")
+    rows = _read_rows(path, ("slide_id", label_col), "dataset CSV", hints={
+        "slide_id": "the slide ids (feature file names without extension) go in a 'slide_id' column",
+        label_col: f"name the column that holds the labels with --label-col (one of {{header}}), or add a "
+                   f"'{label_col}' column"})
     by = _by_id(rows, path, "dataset CSV")
     return {sid: {"case_id": r.get("case_id") or None, "label": r.get(label_col) or None}
             for sid, r in by.items()}

@@ -1,6 +1,7 @@
 """Read and validate one slide's features and level-0 coordinates from CLAM / TRIDENT / SAM-MIL files.
 
-Files are opened read-only and each dataset is read in one call. Features keep their source dtype.
+Files are opened read-only and each dataset is read in one call. Features keep their source float type, stored
+little-endian (big-endian sources are byte-swapped; the source byte order is recorded as provenance).
 SAM-MIL group rows (coords ``[-1, -1]`` or ``sam_info/<id>.h5`` ``is_group_feat == 1``) are dropped.
 Legacy CLAM coordinates (patch-level frame; an ``imgs`` dataset in the patches h5) are scaled to level 0.
 """
@@ -37,6 +38,42 @@ class LoadedSlide:
     n_group_rows: int = 0
     warnings: list[str] = field(default_factory=list)
     sources: list[tuple[str, Path]] = field(default_factory=list)
+    source_byte_order: str = "little"    # byte order of the source features (stored little-endian)
+
+
+BYTE_ORDERS = {"<": "little", ">": "big", "|": "not applicable"}
+
+
+def _byte_order(dt: np.dtype) -> str:
+    """'<', '>' or '|' (native '=' resolved)."""
+    bo = dt.byteorder
+    if bo == "=":
+        import sys
+        return "<" if sys.byteorder == "little" else ">"
+    return bo
+
+
+def _row_mismatch(files: SlideFiles, sid: str, n_coords: int, n_feat: int, *, coords_from_h5: bool
+                  ) -> InputFormatError:
+    """The error for coords and features of different lengths, naming where each came from and the likely cause."""
+    feat_path = files.features_h5 or files.features_pt
+    if coords_from_h5:
+        return InputFormatError(
+            f"coords have {n_coords} rows but features have {n_feat}, both in this h5: the file is inconsistent, "
+            "e.g. written by an interrupted or faulty extraction", slide=sid, path=files.features_h5,
+            fix="re-extract this slide (or remove it and use --skip-errors to go on)")
+    where = f"the patches h5 {files.patches_h5}"
+    if files.features_h5 is None and n_coords < n_feat and files.sam_info_h5 is None:
+        return InputFormatError(
+            f"coords have {n_coords} rows ({where}) but features have {n_feat} (the .pt): if this is a SAM-MIL .pt, its "
+            f"{n_feat - n_coords} extra rows are group features appended after the patches", slide=sid, path=feat_path,
+            fix="pass SAM-MIL's sam_info/ folder with --sam-info-dir (it marks the group rows), or convert from the "
+                "h5 files; otherwise the .pt and the patches h5 are from different runs: re-extract the slide")
+    return InputFormatError(
+        f"coords have {n_coords} rows ({where}) but features have {n_feat}: they come from different patching or "
+        "extraction runs", slide=sid, path=feat_path,
+        fix=f"re-extract the slide's features from {files.patches_h5}, or pass the patches/ folder of the run that "
+            "produced these features with --patches-dir")
 
 
 def _attr(v):
@@ -200,6 +237,7 @@ def _read_slide_inputs(files: SlideFiles, *, layout: str, patch_size_level0: flo
                       patch_size_level0=None)
     feat_path = files.features_h5 or files.features_pt
     coords = None
+    coords_from_h5 = False   # coords beside the features in one h5 (else from the patches h5)
     coord_attrs: dict = {}
     if files.features_h5 is not None:
         out.sources.append(("features_h5", files.features_h5))
@@ -211,6 +249,7 @@ def _read_slide_inputs(files: SlideFiles, *, layout: str, patch_size_level0: flo
             out.encoder = _attr(f["features"].attrs.get("encoder"))
             if "coords" in f:
                 coords = _read(f, "coords", files.features_h5, sid)
+                coords_from_h5 = True
                 coord_attrs = {k: _attr(v) for k, v in f["coords"].attrs.items()}
             if "imgs" in f:
                 out.layout = "clam-legacy"
@@ -242,13 +281,25 @@ def _read_slide_inputs(files: SlideFiles, *, layout: str, patch_size_level0: flo
     else:
         raise InputFormatError("no features file", slide=sid, fix="the slide has only patches; extract features")
 
-    if features.ndim != 2 or features.shape[0] == 0:
-        raise InputFormatError(f"empty bag: features have shape {features.shape}", slide=sid, path=feat_path,
-                               fix="the slide has no patches (no tissue found?): drop it from the input, "
-                                   "or use --skip-errors to record it and go on")
+    if features.ndim != 2:
+        raise InputFormatError(
+            f"features have shape {features.shape}: {features.ndim}-D, not a (patches, feature dim) matrix",
+            slide=sid, path=feat_path,
+            fix="pass the per-patch features of a patch encoder (CLAM h5_files/ or pt_files/, TRIDENT "
+                "features_<encoder>/); a 1-D vector is one embedding (e.g. a slide-level encoder's), not a bag")
+    if features.shape[0] == 0:
+        raise InputFormatError(f"empty bag: features have shape {features.shape} (0 patches)", slide=sid,
+                               path=feat_path, fix="the slide has no patches (no tissue found?): drop it from the "
+                                                   "input, or use --skip-errors to record it and go on")
+    if features.shape[1] == 0:
+        raise InputFormatError(f"features have shape {features.shape}: 0 values per patch", slide=sid,
+                               path=feat_path, fix="re-extract the slide: the encoder wrote no feature values")
     if features.dtype.kind != "f":
         raise InputFormatError(f"features dtype {features.dtype} is not floating point", slide=sid,
                                path=feat_path, fix="pass the encoder's float features")
+    out.source_byte_order = BYTE_ORDERS[_byte_order(features.dtype)]
+    if _byte_order(features.dtype) != "<":  # stored little-endian whatever the source wrote
+        features = features.astype(features.dtype.newbyteorder("<"))
 
     # coordinates from the patches file when the features have none (pt-only), + geometry attrs
     patch_attrs: dict = {}
@@ -301,10 +352,7 @@ def _read_slide_inputs(files: SlideFiles, *, layout: str, patch_size_level0: flo
             raise InputFormatError("empty bag: only group-feature rows", slide=sid, path=feat_path,
                                    fix="drop the slide from the input")
     if coords.shape[0] != features.shape[0]:
-        hint = (" (SAM-MIL .pt files hold appended group rows: pass its sam_info/ with --sam-info-dir, or use the "
-                "h5 files)" if coords.shape[0] < features.shape[0] else "")
-        raise InputFormatError(f"coords have {coords.shape[0]} rows but features have {features.shape[0]}{hint}",
-                               slide=sid, path=feat_path, fix="re-extract the slide" if not hint else hint.strip(" ()"))
+        raise _row_mismatch(files, sid, coords.shape[0], features.shape[0], coords_from_h5=coords_from_h5)
     if patches_rows is not None and patches_rows != features.shape[0]:
         raise InputFormatError(
             f"features h5 has {features.shape[0]} patch rows, patches h5 has {patches_rows}", slide=sid,

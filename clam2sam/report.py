@@ -23,6 +23,7 @@ class Report:
     outcomes: list[Outcome] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)   # run-level problems (store metadata / report not written)
+    labels_updated: list[str] = field(default_factory=list)  # complete slides whose label / case_id was rewritten
 
     def converted(self, slide_id: str, **kw) -> None:
         self.outcomes.append(Outcome(slide_id, "converted", **kw))
@@ -52,7 +53,7 @@ class Report:
 
     def to_dict(self) -> dict:
         return {"counts": self.counts(), "warnings": list(self.warnings), "errors": list(self.errors),
-                "slides": [asdict(o) for o in self.outcomes]}
+                "labels_updated": list(self.labels_updated), "slides": [asdict(o) for o in self.outcomes]}
 
     def write_json(self, path: str | os.PathLike) -> None:
         """Atomic write (tmp + rename)."""
@@ -64,4 +65,5 @@ class Report:
 
     def __str__(self) -> str:
         c = self.counts()
-        return f"{c['converted']} converted, {c['skipped']} skipped, {c['failed']} failed"
+        up = f", labels updated for {len(self.labels_updated)}" if self.labels_updated else ""
+        return f"{c['converted']} converted, {c['skipped']} skipped, {c['failed']} failed{up}"

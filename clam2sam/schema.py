@@ -84,5 +84,6 @@ SLIDE_ATTRS = (
     "sources",           # list of {"role","path","size","sha256"}
     "sam",               # dict: SAM geometry/provenance ({} when no segmentation)
     "process_list",      # dict: row of process_list_autogen.csv (provenance) or None
+    "source_byte_order", # "little" | "big": byte order of the source features (the store's are little-endian)
     "complete",          # True, written last
 )

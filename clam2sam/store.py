@@ -16,6 +16,7 @@ an interrupted slide is visibly incomplete and is rewritten on the next run.
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import json
 import os
 import shutil
@@ -28,20 +29,21 @@ from zarr.codecs import BloscCodec, BloscShuffle, Crc32cCodec
 
 from clam2sam import schema
 from clam2sam._testhooks import maybe_die
-from clam2sam.errors import StoreError, StoreExistsError, StoreLockedError, UsageError
+from clam2sam.errors import StoreError, UsageError
 from clam2sam.fast_write import write_array, write_json
 from clam2sam.ids import slide_key
 from clam2sam.slide_arrays import SlideArrays
-from clam2sam.store_lock import LOCK_NAME, acquire_lock, lock_is_stale, read_lock
+from clam2sam.store_lock import LOCK_NAME, StoreLock, acquire_lock, lock_is_stale, read_lock
+from clam2sam.store_overwrite import (ASIDE_NAME, KEEP_ON_OVERWRITE, check_output, discard_aside, recover,
+                                      restore_aside, set_aside)
 
 __all__ = ["SlideArrays", "StoreWriter", "StoreReader", "open_store", "write_slide_group", "list_slide_keys",
            "acquire_lock", "read_lock", "lock_is_stale", "LOCK_NAME", "slide_is_complete", "CODECS",
            "DEFAULT_CODEC", "DEFAULT_CLEVEL", "resolve_clevel", "zarr_compressors"]
 
 CHUNK_BYTES = 4 << 20  # ~4 MiB uncompressed per chunk
-# Kept by --overwrite: the SAM pass cache (entries are keyed by model, checkpoint, parameters and geometry,
-# so a kept entry is only ever reused for an identical SAM run; see clam2sam.sam_cache).
-KEEP_ON_OVERWRITE = ("sam_cache",)
+# Kept by --overwrite (KEEP_ON_OVERWRITE): the SAM pass cache (entries are keyed by model, checkpoint,
+# parameters and geometry, so a kept entry is only ever reused for an identical SAM run; see clam2sam.sam_cache).
 
 
 CODECS = ("lz4", "zstd", "none")
@@ -63,6 +65,7 @@ def zarr_compressors(codec: str = DEFAULT_CODEC, clevel: int | None = None, *, c
     :mod:`clam2sam.fast_write` writes, expressed for ``zarr.create_array`` (tests build reference arrays):
     Blosc (none for ``"none"``), then the per-chunk ``crc32c`` checksum (``checksum=False``: without it, the
     layout of stores written before per-chunk checksums)."""
+
     clevel = resolve_clevel(codec, clevel)
     crc = (Crc32cCodec(),) if checksum else ()
     if codec == "none":
@@ -76,20 +79,6 @@ def chunk_rows(row_bytes: int) -> int:
     return 1 << (rows.bit_length() - 1)
 
 
-def _clear_for_overwrite(path: Path) -> None:
-    """Delete a store for --overwrite, keeping the KEEP_ON_OVERWRITE entries."""
-    if not path.is_dir() or path.is_symlink():
-        path.unlink()
-        return
-    for p in path.iterdir():
-        if p.name in KEEP_ON_OVERWRITE:
-            continue
-        if p.is_dir() and not p.is_symlink():
-            shutil.rmtree(p)
-        else:
-            p.unlink()
-
-
 # ---------------------------------------------------------------------------------------------- writer
 
 class StoreWriter:
@@ -100,9 +89,10 @@ class StoreWriter:
         feature_dim, feature_dtype: fixed on first use; every slide must match.
         encoder: encoder name if known.
         membership: rule name recorded at the root.
-        overwrite: delete an existing store first.
+        overwrite: replace an existing clam2sam store (set aside until the first slide is written; see
+            :mod:`clam2sam.store_overwrite`). A file or a folder that is not a clam2sam store is never deleted.
         lock: take the store's write lock (workers writing single slides for a client pass False).
-        break_stale_lock: clear a lock left by a dead process.
+        break_stale_lock: take over a lock that cannot be verified (see :mod:`clam2sam.store_lock`).
         codec: Blosc inner codec: "lz4" (default: fast to write and to read), "zstd" (a few % smaller, slower)
             or "none".
         clevel: compression level (None: the codec's default, DEFAULT_CLEVEL).
@@ -112,28 +102,30 @@ class StoreWriter:
                  feature_dtype: str | None = None, encoder: str | None = None,
                  membership: str = schema.MEMBERSHIP_PARTITION, overwrite: bool = False, lock: bool = True,
                  break_stale_lock: bool = False, clevel: int | None = None, codec: str = DEFAULT_CODEC):
+
         from clam2sam import __version__
 
         self.path = Path(path)
         self.clevel = clevel = resolve_clevel(codec, clevel)  # validates the codec early
         self.codec = codec
-        self._lock_path: Path | None = None
-        if overwrite and self.path.exists():
-            if lock:
-                info = read_lock(self.path)
-                if info and not lock_is_stale(info):
-                    raise StoreLockedError(f"cannot overwrite: store is being written by pid {info.get('pid')}",
-                                           path=self.path, fix="wait for the other conversion to finish")
-            _clear_for_overwrite(self.path)
-        if self.path.exists() and not (self.path / "zarr.json").exists() and any(
-                p.name not in KEEP_ON_OVERWRITE and not p.name.startswith(LOCK_NAME) for p in self.path.iterdir()):
-            raise StoreExistsError("output exists and is not a clam2sam store", path=self.path,
-                                   fix="choose another --out or delete it")
+        self._lock: StoreLock | None = None
+        self._aside = False           # an --overwrite's old store waits in ASIDE_NAME until the first slide
+        self.notes: list[str] = []    # what opening the store did (repairs), for the run's report
+        check_output(self.path, overwrite=overwrite)   # a file / foreign folder is never written into or deleted
         if lock:
             try:
-                self._lock_path = acquire_lock(self.path, break_stale=break_stale_lock)
+                self._lock = acquire_lock(self.path, break_stale=break_stale_lock)
             except OSError as e:
-                raise write_error(e, path=self.path, what="cannot create the store") from e
+                raise write_error(e, path=self.path, what="cannot take the store's write lock") from e
+        try:
+            note = recover(self.path) if lock else None   # an --overwrite interrupted by a crash
+            if note:
+                self.notes.append(note)
+            if overwrite:
+                self._aside = set_aside(self.path)
+        except OSError as e:
+            self.close()
+            raise write_error(e, path=self.path, what="cannot set the old store aside for --overwrite") from e
         try:
             if (self.path / "zarr.json").exists():
                 try:
@@ -221,6 +213,7 @@ class StoreWriter:
         self.check_compatible(s.slide_id, D, s.features.dtype)
         self._set_features(D, s.features.dtype)
         write_slide_group(self.path, s, clevel=self.clevel, codec=self.codec)
+        self.commit_overwrite()
 
     def finalize(self) -> None:
         """Record the number of complete slides and consolidate metadata (re-run after later writes).
@@ -228,6 +221,7 @@ class StoreWriter:
         Raises:
             StoreError: the metadata cannot be written (disk full, ...); the store stays readable.
         """
+
         try:
             keys = list_slide_keys(self.path, complete_only=True)
             if keys and self.root.attrs.get("feature_dim") is None:
@@ -250,14 +244,37 @@ class StoreWriter:
         if enc and not self.root.attrs.get("encoder"):
             self.root.attrs["encoder"] = enc
 
-    def close(self) -> None:
-        if self._lock_path is not None:
+    def commit_overwrite(self) -> None:
+        """The new store holds a complete slide: delete the store that --overwrite set aside."""
+        if self._aside:
             try:
-                info = read_lock(self.path)
-                if info and info.get("pid") == os.getpid():
-                    self._lock_path.unlink(missing_ok=True)
-            finally:
-                self._lock_path = None
+                discard_aside(self.path)
+            except OSError as e:
+                raise write_error(e, path=self.path / ASIDE_NAME, what="cannot delete the replaced store") from e
+            self._aside = False
+
+    def abandon_overwrite(self) -> bool:
+        """No slide was written: put the store that --overwrite set aside back. True when it was put back."""
+        if not self._aside:
+            return False
+        self._aside = False
+        try:
+            return restore_aside(self.path)
+        except OSError as e:
+            raise write_error(e, path=self.path / ASIDE_NAME, what="cannot put the replaced store back") from e
+
+    def close(self) -> None:
+        try:
+            if self._aside and list_slide_keys(self.path, complete_only=True):
+                self.commit_overwrite()
+            elif self._aside:
+                self.abandon_overwrite()
+        finally:
+            if self._lock is not None:
+                try:
+                    self._lock.release()
+                finally:
+                    self._lock = None
 
     def __enter__(self):
         return self
@@ -277,12 +294,33 @@ def slide_is_complete(store_path: str | os.PathLike, slide_id: str) -> bool:
 
 WRITE_FIX = ("free disk space or fix the output folder's permissions, then re-run the same command: it resumes "
              "(complete slides are kept)")
+RESUME = "then re-run the same command: it resumes (complete slides are kept)"
+
+
+def _write_fix(e: OSError, path, slide: str | None) -> tuple[str, str]:
+    """(cause, fix) of a failed write, by its errno."""
+    err = e.errno
+    if err == errno.ENOSPC or err == errno.EDQUOT:
+        return "the disk or your quota is full", f"free disk space, {RESUME}"
+    if err in (errno.EACCES, errno.EPERM):
+        return "no write permission", f"make the output folder writable for you, {RESUME}"
+    if err == errno.EROFS:
+        return ("the output is on a read-only file system", "a store there can be read (inspect, samtrain fit) but not "
+                "written: convert with --out on a writable file system, or remount it read-write")
+    if err == errno.ENAMETOOLONG:
+        what = f"the store's group name for slide {slide!r}" if slide else "a path"
+        return (f"file name too long: {what} exceeds the file system's limit (usually 255 bytes per name)",
+                "shorten the slide's file name (the slide id comes from it) or use a shorter --out path")
+    return "", WRITE_FIX
 
 
 def write_error(e: OSError, *, path, slide: str | None = None, what: str = "cannot write to the store") -> StoreError:
-    """A StoreError for an OSError (disk full, permission denied, ...) naming the file and the fix."""
+    """A StoreError for an OSError (disk full, permission denied, read-only, name too long, ...) naming the file,
+    the real cause and its fix."""
     where = f": {e.filename}" if getattr(e, "filename", None) else ""
-    return StoreError(f"{what} ({e.strerror or type(e).__name__}{where})", slide=slide, path=path, fix=WRITE_FIX)
+    cause, fix = _write_fix(e, path, slide)
+    msg = f"{what} ({e.strerror or type(e).__name__}{where})" + (f": {cause}" if cause else "")
+    return StoreError(msg, slide=slide, path=path, fix=fix)
 
 
 def write_slide_group(store_path: str | os.PathLike, s: SlideArrays, *, clevel: int | None = None,

@@ -7,7 +7,6 @@ import subprocess
 import pytest
 
 from clam2sam.convert import ConvertOptions, convert_cohort
-from clam2sam.errors import StoreLockedError
 from clam2sam.store import open_store
 from clam2sam.store_lock import LOCK_NAME, read_lock
 
@@ -42,19 +41,15 @@ def test_sigkill_at_each_point_then_resume_equals_uninterrupted(archive):
     for point, (out, p) in procs.items():
         _, err = p.communicate(timeout=180)
         assert p.returncode == -signal.SIGKILL, (point, p.returncode, err)
-        # the dead process left its lock: detected, named, and not silently ignored
+        # the dead process left its lock record, but the kernel freed its OS lock: a plain re-run resumes
         info = read_lock(out)
         assert info is not None and info["pid"] == p.pid, point
-        with pytest.raises(StoreLockedError) as e:
-            convert_cohort(ConvertOptions(archive=arch, out=out))
-        msg = str(e.value)
-        assert "no longer runs" in msg and f"pid {p.pid}" in msg and "--break-stale-lock" in msg, msg
         # what survived the kill is a valid store or nothing a reader trusts
         if (out / "zarr.json").exists() and point != "init:1":
             r = open_store(out)
             for sid in r.slide_ids():  # complete slides read back whole
                 assert r.read_slide(sid).n_patches == 40
-        rep = convert_cohort(ConvertOptions(archive=arch, out=out, break_stale_lock=True))
+        rep = convert_cohort(ConvertOptions(archive=arch, out=out))
         assert rep.return_code == 0 and rep.counts()["failed"] == 0, (point, rep.to_dict())
         assert not (out / LOCK_NAME).exists()
         assert_same_store(store_snapshot(out), ref)
@@ -63,7 +58,7 @@ def test_sigkill_at_each_point_then_resume_equals_uninterrupted(archive):
 
 
 def test_kill_between_arrays_rerun_through_cli(archive):
-    """The same through the CLI on both sides: the re-run names the stale lock, --break-stale-lock resumes."""
+    """The same through the CLI on both sides: the plain re-run resumes (no flag needed)."""
     root, ref = archive
     arch, out = root / "arch", root / "cli.zarr"
     p = subprocess.run(clam2sam_cmd("convert", arch, "--out", out, "-q"), cwd=str(REPO), capture_output=True,
@@ -73,9 +68,6 @@ def test_kill_between_arrays_rerun_through_cli(archive):
     env = cli_env()
     p = subprocess.run(clam2sam_cmd("convert", arch, "--out", out, "-q"), cwd=str(REPO), capture_output=True,
                        text=True, timeout=180, env=env)
-    assert p.returncode == 1 and "no longer runs" in p.stderr and "--break-stale-lock" in p.stderr, p.stderr
-    p = subprocess.run(clam2sam_cmd("convert", arch, "--out", out, "--break-stale-lock"), cwd=str(REPO),
-                       capture_output=True, text=True, timeout=180, env=env)
     assert p.returncode == 0, p.stderr
     rep = open_store(out)
     assert rep.slide_ids() == ["s0", "s1", "s2"]

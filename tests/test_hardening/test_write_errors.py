@@ -123,7 +123,7 @@ def test_store_not_creatable_named(arch, tmp_path, monkeypatch, capsys):
     def denied(*a, **k):
         raise PermissionError(errno.EACCES, "Permission denied", str(out))
 
-    monkeypatch.setattr("clam2sam.store_lock._create", denied)
+    monkeypatch.setattr("clam2sam.store.acquire_lock", denied)
     with pytest.raises(StoreError) as e:
         convert_cohort(ConvertOptions(archive=src, out=out))
     assert "Permission denied" in str(e.value) and str(out) in str(e.value) and " -- " in str(e.value)
