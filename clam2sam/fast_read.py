@@ -26,9 +26,9 @@ corrupt or truncated shard -- one flipped bit included -- raises ``ValueError`` 
 of returning garbage. Stores written before per-chunk checksums (no ``crc32c`` in the inner codecs) still read;
 there only the index and the Blosc headers are checked.
 
-With per-chunk checksums and codec ``none`` a chunk is its output bytes followed by 4 checksum bytes: each
-chunk is read with one ``preadv`` straight into its slice of the output (the checksum into a small buffer)
-and verified there, so no copy is added.
+With per-chunk checksums a chunk is read in cache-sized pieces and each piece is checksummed right after it
+is read (one pass over memory); with codec ``none`` the pieces go straight into the output, so no copy is
+added.
 """
 from __future__ import annotations
 
@@ -46,6 +46,7 @@ _EMPTY = 2**64 - 1
 _BLOSC_HEADER = struct.Struct("<4B3I")   # version, versionlz, flags, typesize, nbytes, blocksize, cbytes
 SMALL_BYTES = 1 << 20                    # arrays (stored bytes) below this are read inline, no thread hop
 _SPLIT_ALIGN = 1 << 16                   # codec none: per-thread pieces of a contiguous read, aligned
+_CRC_PIECE = 256 << 10                   # chunks are read and checksummed in cache-sized pieces
 
 _POOL = ProcessPool("clam2sam-read")
 _THREADS_SET: int | None = None
@@ -101,9 +102,29 @@ def _crc32c(data) -> int:
     return value(data if isinstance(data, (bytes, np.ndarray)) else bytes(data))
 
 
-def _verify_chunk(data: np.ndarray, stored: int, name: str, k: int) -> None:
-    """Raise ValueError when the chunk bytes ``data`` (uint8, contiguous) do not have the CRC32C ``stored``."""
-    got = _crc32c(data)
+def _pread_crc(fd: int, dest: np.ndarray, offset: int, what: str) -> int:
+    """Fill ``dest`` (uint8, contiguous) from ``fd`` at ``offset`` and return its CRC32C, computed piece by
+    piece right after each piece is read, while it is still in the CPU cache (one pass over memory, not two)."""
+    from google_crc32c import extend
+
+    crc = 0
+    for a in range(0, dest.nbytes, _CRC_PIECE):
+        piece = dest[a:a + _CRC_PIECE]
+        _pread_into(fd, piece, offset + a, what)
+        crc = extend(crc, piece)
+    return crc
+
+
+def _stored_crc(fd: int, offset: int, what: str) -> int:
+    tail = bytearray(4)
+    _pread_into(fd, tail, offset, what)
+    return int.from_bytes(tail, "little")
+
+
+def _verify_chunk(data: np.ndarray, stored: int, name: str, k: int, got: int | None = None) -> None:
+    """Raise ValueError when the chunk bytes ``data`` (uint8, contiguous; or their CRC32C ``got``) do not
+    have the CRC32C ``stored``."""
+    got = _crc32c(data) if got is None else got
     if got != stored:
         raise ValueError(f"shard {name}: chunk {k} checksum mismatch (stored crc32c {stored:08x}, computed "
                          f"{got:08x}): the chunk is corrupt (bit flip on disk or in transfer)")
@@ -118,21 +139,6 @@ def _pread_into(fd: int, dest, offset: int, what: str) -> None:
         if r <= 0:
             raise ValueError(f"{what}: unexpected end of file (truncated)")
         got += r
-
-
-def _preadv_into(fd: int, dests: list, offset: int, what: str) -> None:
-    """Fill the writable buffers ``dests`` back to back from ``fd`` at ``offset`` (scatter read, loops)."""
-    views = [memoryview(d).cast("B") for d in dests]
-    while views:
-        r = os.preadv(fd, views, offset)
-        if r <= 0:
-            raise ValueError(f"{what}: unexpected end of file (truncated)")
-        offset += r
-        while views and r >= views[0].nbytes:
-            r -= views[0].nbytes
-            views.pop(0)
-        if views and r:
-            views[0] = views[0][r:]
 
 
 def _parse(meta: dict):
@@ -327,22 +333,20 @@ def _read_shard(fd: int, name: str, out: np.ndarray, rows: int, n_inner: int, fi
         if not blosc and not crc:                                  # a raw chunk: its prefix is the rows we keep
             _pread_into(fd, flat[a:b], offs[k], f"shard {name}")
             return
-        if not blosc:                                              # raw chunk + CRC32C
-            if b - a == chunk_bytes:                               # straight into the output, checksum aside
-                tail = np.empty(4, np.uint8)
-                _preadv_into(fd, [flat[a:b], tail], offs[k], f"shard {name}")
-                _verify_chunk(flat[a:b], int.from_bytes(tail.tobytes(), "little"), name, k)
+        if crc:                                                    # verified before it is used or decoded
+            enc = nbs[k] - 4
+            stored_crc = _stored_crc(fd, offs[k] + enc, f"shard {name}")
+            if not blosc and b - a == chunk_bytes:                 # raw: straight into the output
+                _verify_chunk(None, stored_crc, name, k, _pread_crc(fd, flat[a:b], offs[k], f"shard {name}"))
                 return
-            src = _scratch(nbs[k])                                 # partial last chunk: whole chunk aside
+            src = _scratch(enc)
+            _verify_chunk(None, stored_crc, name, k, _pread_crc(fd, src, offs[k], f"shard {name}"))
+            if not blosc:                                          # raw partial last chunk: its prefix
+                flat[a:b] = src[: b - a]
+                return
+        else:
+            src = _scratch(nbs[k])
             _pread_into(fd, src, offs[k], f"shard {name}")
-            _verify_chunk(src[:chunk_bytes], int.from_bytes(src[chunk_bytes:].tobytes(), "little"), name, k)
-            flat[a:b] = src[: b - a]
-            return
-        src = raw = _scratch(nbs[k])
-        _pread_into(fd, raw, offs[k], f"shard {name}")
-        if crc:                                                    # verify before Blosc sees the bytes
-            src = raw[: nbs[k] - 4]
-            _verify_chunk(src, int.from_bytes(raw[-4:].tobytes(), "little"), name, k)
         if src.nbytes < _BLOSC_HEADER.size:
             raise ValueError(f"shard {name}: chunk {k} is too short for a Blosc header")
         _v, _vl, _flags, _ts, nbytes, _bs, cbytes = _BLOSC_HEADER.unpack_from(src)
