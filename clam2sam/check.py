@@ -80,6 +80,13 @@ def check_store(path: str | os.PathLike, *, slide_ids: list[str] | None = None, 
             res.problems.append(Problem(None, None, f"root attr {key!r} missing"))
     if slide_ids is None:
         for sid in reader.incomplete_slide_ids():
+            try:
+                reader.slide_attrs(sid)
+            except StoreError as e:                 # garbage group metadata: damage, not an interruption
+                if "not in store" not in e.message:
+                    res.problems.append(Problem(sid, None, f"slide metadata damaged ({e.message}): re-run "
+                                                           "`clam2sam convert` to rewrite this slide"))
+                    continue
             res.problems.append(Problem(sid, None, "slide is incomplete (no completion mark): its conversion "
                                                    "was interrupted; re-run `clam2sam convert` to resume"))
         slide_ids = reader.slide_ids()

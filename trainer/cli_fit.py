@@ -33,6 +33,9 @@ def _opt_group(f):
                      help="Run directory (created; re-run the same command to resume)."),
         click.option("--labels", type=click.Path(dir_okay=False),
                      help="CSV slide_id,label[,case_id] (header optional). Default: the store's slide labels."),
+        click.option("--skip-damaged", is_flag=True,
+                     help="Train without slides whose store metadata is damaged (default: stop with an error "
+                          "naming them). Left-out slides and why: summary and results.json excluded_slides."),
         click.option("--classes", help="Comma-separated class order; binary: the second is positive. "
                                        "Default: sorted labels."),
         # model

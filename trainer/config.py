@@ -83,6 +83,7 @@ class TrainConfig:
     quiet: bool = False
     resume: bool = True
     overwrite: bool = False
+    skip_damaged: bool = False           # train without slides whose metadata is damaged (else: an error)
     extra: dict = field(default_factory=dict)
 
     # ------------------------------------------------------------------ resolution / validation

@@ -17,7 +17,9 @@ are integers), so that for binary tasks "1"/"tumor" is the positive class.
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass
+import io
+import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +27,9 @@ import torch
 from torch.utils.data import Dataset
 
 from clam2sam.errors import StoreError, TrainError, UsageError
-from clam2sam.ids import normalise_slide_id
-from clam2sam.store import open_store
+from clam2sam import schema
+from clam2sam.ids import key_to_slide_id, normalise_slide_id
+from clam2sam.store import list_slide_keys, open_store
 
 BAG_ARRAYS = ("features", "group_features", "segment_ids", "segment_sizes", "segment_sam_area",
               "patch_sam_area")
@@ -74,6 +77,7 @@ class Cohort:
     labels: list[str]
     case_ids: list[str]
     classes: list[str]
+    excluded: list[dict] = field(default_factory=list)   # slides of the store left out: {slide_id, reason}
 
     @property
     def y(self) -> np.ndarray:
@@ -103,8 +107,8 @@ def read_labels_csv(path: str | Path) -> dict[str, tuple[str, str | None]]:
     path = Path(path)
     if not path.is_file():
         raise UsageError("labels CSV not found", path=path, fix="pass an existing --labels file")
-    with path.open(newline="") as f:
-        rows = [r for r in csv.reader(f) if r and any(c.strip() for c in r)]
+    rows = [r for r in csv.reader(io.StringIO(_decode_csv(path), newline=""))
+            if r and any(c.strip() for c in r)]
     if not rows:
         raise UsageError("labels CSV is empty", path=path)
     head = [c.strip().lower() for c in rows[0]]
@@ -125,15 +129,108 @@ def read_labels_csv(path: str | Path) -> dict[str, tuple[str, str | None]]:
     return out
 
 
-def load_cohort(store_path: str, labels_csv: str | None = None, classes: list[str] | None = None) -> Cohort:
+def _decode_csv(path: Path) -> str:
+    """The text of a CSV: UTF-8 (a BOM allowed) or UTF-16 with a BOM; anything else is a UsageError naming
+    the line and byte (guessing another encoding could silently change a label)."""
+    data = path.read_bytes()
+    if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        try:
+            return data.decode("utf-16")
+        except UnicodeDecodeError:
+            pass
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise UsageError(f"labels CSV is not UTF-8 text (byte 0x{data[e.start]:02x} on line {line}; saved as "
+                         "Latin-1 / Windows-1252?)", path=path,
+                         fix=f"save it as UTF-8 (Excel: 'CSV UTF-8'; or: iconv -f latin1 -t utf-8 {path} > "
+                             "labels_utf8.csv) and pass that file to --labels") from None
+
+
+DAMAGED_FIX = ("re-run `clam2sam convert` on the archive (it rewrites damaged slides), or pass --skip-damaged to "
+               "train without them")
+
+
+def _damage(store_path: Path, key: str) -> str | None:
+    """Why a complete-looking slide cannot be trained on (unreadable group or array metadata), or None.
+
+    Cheap: reads the small ``zarr.json`` files only; damaged chunks are found when the bag is read.
+    """
+    gdir = store_path / schema.SLIDES_GROUP / key
+    for name in BAG_ARRAYS:
+        zj = gdir / name / "zarr.json"
+        try:
+            meta = json.loads(zj.read_bytes())
+        except FileNotFoundError:
+            return f"array {name!r} missing ({zj})"
+        except (OSError, ValueError) as e:
+            return f"array {name!r} metadata unreadable ({type(e).__name__}: {str(e)[:80]}; {zj})"
+        if not isinstance(meta, dict) or meta.get("node_type") != "array":
+            return f"array {name!r} metadata is not a zarr array document ({zj})"
+    return None
+
+
+def _survey(reader, skip_damaged: bool) -> tuple[list[str], list[dict]]:
+    """(complete slide ids, excluded [{slide_id, reason}]) of the store; damaged slides raise unless skipped."""
+    store_path = Path(reader.path)
+    complete, excluded, damaged = [], [], []
+    for key in list_slide_keys(store_path, complete_only=False):
+        sid = key_to_slide_id(key)
+        zj = store_path / schema.SLIDES_GROUP / key / "zarr.json"
+        if not zj.exists():
+            excluded.append({"slide_id": sid, "reason": "incomplete: its conversion was interrupted before its "
+                                                        "metadata was written (re-run `clam2sam convert`)"})
+            continue
+        try:
+            attrs = reader.slide_attrs(sid)
+        except StoreError as e:
+            damaged.append({"slide_id": sid, "reason": f"damaged: {e.message} ({zj})"})
+            continue
+        if not attrs.get("complete"):
+            excluded.append({"slide_id": sid, "reason": "incomplete: its conversion was interrupted "
+                                                        "(re-run `clam2sam convert` to finish it)"})
+            continue
+        why = _damage(store_path, key)
+        if why:
+            damaged.append({"slide_id": sid, "reason": f"damaged: {why}"})
+            continue
+        complete.append(sid)
+    if damaged and not skip_damaged:
+        listed = "; ".join(f"{d['slide_id']!r} ({d['reason']})" for d in damaged[:5])
+        raise StoreError(f"{len(damaged)} damaged slide(s): {listed}{' ...' if len(damaged) > 5 else ''}",
+                         path=store_path, fix=DAMAGED_FIX)
+    return complete, excluded + damaged
+
+
+def describe_excluded(excluded: list[dict], n_total: int) -> str:
+    """One warning line per reason: how many slides of the store are left out, and which."""
+    by: dict[str, list[str]] = {}
+    for e in excluded:
+        by.setdefault(e["reason"].split(":")[0] if e["reason"].startswith(("damaged", "incomplete"))
+                      else e["reason"], []).append(e["slide_id"])
+    lines = [f"warning: {len(excluded)} of {n_total} slides left out of training:"]
+    for reason, ids in by.items():
+        shown = ", ".join(ids[:10]) + (f" ... (+{len(ids) - 10})" if len(ids) > 10 else "")
+        lines.append(f"  {len(ids)} {reason}: {shown}")
+    lines.append("  (the reasons per slide are in results.json, key excluded_slides)")
+    return "\n".join(lines)
+
+
+def load_cohort(store_path: str, labels_csv: str | None = None, classes: list[str] | None = None, *,
+                skip_damaged: bool = False) -> Cohort:
     """Slides of the store that have a label, with case ids (fallback: the slide id).
+
+    Slides left out (no label, not in the labels CSV, incomplete, damaged with ``skip_damaged``) are listed
+    in ``Cohort.excluded`` with the reason.
 
     Raises:
         UsageError: labels CSV names slides absent from the store, or fewer than 2 classes.
-        StoreError: the store is missing or of another schema.
+        StoreError: the store is missing or of another schema; a slide's metadata is damaged (unless
+            ``skip_damaged``).
     """
     reader = open_store(store_path)
-    in_store = reader.slide_ids()
+    in_store, excluded = _survey(reader, skip_damaged)
     if not in_store:
         raise StoreError("store holds no complete slide", path=store_path,
                          fix="run `clam2sam convert` first (or let it finish)")
@@ -151,10 +248,13 @@ def load_cohort(store_path: str, labels_csv: str | None = None, classes: list[st
                 if case is None:
                     case = reader.slide_attrs(sid).get("case_id")
                 sids.append(sid), labs.append(lab), cases.append(str(case) if case else sid)
+            else:
+                excluded.append({"slide_id": sid, "reason": "not in the labels CSV"})
     else:
         for sid in in_store:
             a = reader.slide_attrs(sid)
             if a.get("label") is None or str(a.get("label")) == "":
+                excluded.append({"slide_id": sid, "reason": "no label in the store"})
                 continue
             sids.append(sid), labs.append(str(a["label"]))
             cases.append(str(a["case_id"]) if a.get("case_id") else sid)
@@ -164,7 +264,7 @@ def load_cohort(store_path: str, labels_csv: str | None = None, classes: list[st
     order = _class_order(labs, classes)
     if len(set(labs)) < 2:
         raise UsageError(f"need at least 2 classes, found {sorted(set(labs))}", path=labels_csv or store_path)
-    return Cohort(sids, labs, cases, order)
+    return Cohort(sids, labs, cases, order, excluded)
 
 
 # ---------------------------------------------------------------------------------------- dataset

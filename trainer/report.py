@@ -117,4 +117,12 @@ def summary_table(results: dict) -> str:
                  "fold (only for comparison with published numbers)."
                  + (" Pooled: the AUC of every fold's test predictions together, with a 95 % bootstrap interval "
                     "over slides." if s.get("test_auc_pooled") else ""))
+    excluded = results.get("excluded_slides") or []
+    if excluded:                      # never silent: how many slides were left out, and why
+        reasons: dict[str, int] = {}
+        for e in excluded:
+            reasons[e["reason"]] = reasons.get(e["reason"], 0) + 1
+        lines.append(f"{len(excluded)} slides of the store left out: "
+                     + "; ".join(f"{n} {r}" for r, n in reasons.items())
+                     + " (per slide: results.json excluded_slides).")
     return "\n".join(lines)

@@ -35,7 +35,7 @@ from clam2sam.errors import UsageError
 from clam2sam.store import open_store
 from trainer.checkpoint import load_checkpoint, save_checkpoint, set_rng_state
 from trainer.config import TrainConfig
-from trainer.data import BagDataset, Cohort, collate_one, load_cohort
+from trainer.data import BagDataset, Cohort, collate_one, describe_excluded, load_cohort
 from trainer.distributed import SINGLE, DistContext, init_from_env
 from trainer.loop import evaluate, train_one_epoch
 from trainer.metrics import evaluate_fold, mean_std, safe_auc
@@ -261,7 +261,10 @@ def run_fit(cfg: TrainConfig, console=None, ddp: bool | None = None) -> dict:
 
 def _run_fit(cfg: TrainConfig, console, ctx: DistContext) -> dict:
     cfg = cfg.resolve()
-    cohort = load_cohort(cfg.store, cfg.labels, cfg.classes)
+    cohort = load_cohort(cfg.store, cfg.labels, cfg.classes, skip_damaged=cfg.skip_damaged)
+    if cohort.excluded and ctx.is_main and console is not None:    # never silent: which slides, and why
+        console.print(describe_excluded(cohort.excluded, len(cohort.slide_ids) + len(cohort.excluded)),
+                      markup=False, highlight=False)
     in_dim = open_store(cfg.store).feature_dim
     if not in_dim:
         raise UsageError("store root has no feature_dim", path=cfg.store, fix="re-run `clam2sam convert`")
@@ -292,6 +295,7 @@ def _run_fit(cfg: TrainConfig, console, ctx: DistContext) -> dict:
             folds.append(run_fold(cfg, cohort, s, int(in_dim), device, out / f"fold_{s.name}", progress, ctx=ctx))
             progress.end_fold(folds[-1])
     results = {"config": cfg.to_dict(), "classes": cohort.classes, "n_slides": len(cohort.slide_ids),
+               "excluded_slides": cohort.excluded,
                "class_counts": {c: int((cohort.y == i).sum()) for i, c in enumerate(cohort.classes)},
                "store_digest": zlib.crc32("\n".join(cohort.slide_ids).encode()), "resumed": resumed,
                "folds": folds, "summary": summarise(folds), "wall_seconds": time.perf_counter() - t0,
