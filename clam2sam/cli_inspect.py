@@ -6,15 +6,19 @@ carries only one JSON object. Progress, notes and skipped checks go to stderr. E
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from clam2sam.check import CheckResult, check_store
 from clam2sam.errors import StoreError
 from clam2sam.stats import QUANTILE_KEYS, cohort_stats, flatten_scalars, slide_stats, to_json
-from clam2sam.store import open_store
+from clam2sam.store_reader import open_store
+
+if TYPE_CHECKING:
+    from clam2sam.check import CheckResult
 
 _GEOMETRY_KEYS = ("geometry.", "image_info.")  # SAM attrs that differ per slide by nature
 
@@ -66,6 +70,8 @@ def command(ctx, store, slide_id, as_json, do_check, no_source_check, plot_dir, 
     result = {}
     check: CheckResult | None = None
     if do_check:
+        from clam2sam.check import check_store
+
         with _progress(err) as prog:
             task = prog.add_task("checking", total=None)
             check = check_store(store, slide_ids=[slide_id] if slide_id else None,

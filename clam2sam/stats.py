@@ -20,8 +20,10 @@ import numpy as np
 
 from clam2sam import schema
 from clam2sam.errors import Clam2SamError
+from clam2sam.fast_read import read_whole_array
 from clam2sam.ids import slide_key
-from clam2sam.store import StoreReader, jsonable
+from clam2sam.jsonable import jsonable
+from clam2sam.store_reader import StoreReader
 
 QUANTILE_KEYS = ("n", "min", "p10", "p25", "median", "p75", "p90", "max", "mean")
 _SLIDE_ARRAYS = ("segment_sizes", "segment_areas", "segment_areas_um2", "segment_sam_area",
@@ -102,14 +104,52 @@ def _read(g, slide_id: str, name: str, reader: StoreReader) -> np.ndarray:
         return reader.read_array(slide_id, name)
 
 
+_GROUP_KEYS = {"attributes", "zarr_format", "node_type"}     # a slide group's zarr.json, as the store writes it
+_ARRAY_KEYS = {"shape", "data_type", "chunk_grid", "chunk_key_encoding", "fill_value", "codecs", "attributes",
+               "zarr_format", "node_type", "storage_transformers", "dimension_names"}
+
+
+def _read_fast(reader: StoreReader, slide_id: str) -> tuple[dict, tuple, str] | None:
+    """(small arrays, features shape, features dtype) read without zarr: the arrays through the store's
+    own single-shard reader, the shape and dtype from ``features/zarr.json``. ``None`` when anything is not
+    as this tool writes it; the zarr path then reads it, or phrases the error."""
+    gdir = os.path.join(reader.path, schema.SLIDES_GROUP, slide_key(slide_id))
+    try:
+        with open(os.path.join(gdir, "zarr.json"), "rb") as f:
+            group = json.loads(f.read())
+        with open(os.path.join(gdir, "features", "zarr.json"), "rb") as f:
+            meta = json.loads(f.read())
+        if (set(group) != _GROUP_KEYS or group["zarr_format"] != 3 or group["node_type"] != "group"
+                or not isinstance(group["attributes"], dict)):
+            return None
+        if (not set(meta) <= _ARRAY_KEYS or meta["zarr_format"] != 3 or meta["node_type"] != "array"
+                or meta["data_type"] not in schema.FEATURE_DTYPES
+                or [c.get("name") for c in meta["codecs"]] != ["sharding_indexed"]):
+            return None
+        shape, dtype = tuple(int(n) for n in meta["shape"]), str(np.dtype(meta["data_type"]))
+        data = {}
+        for name in _SLIDE_ARRAYS:
+            data[name] = read_whole_array(os.path.join(gdir, name))
+            if data[name] is None:
+                return None
+    except Exception:  # noqa: BLE001 - damaged or foreign: the zarr path reports it as before
+        return None
+    return data, shape, dtype
+
+
 def _read_core(reader: StoreReader, slide_id: str) -> dict:
     """Everything the statistics need for one slide (small arrays only)."""
-    g = reader.group(slide_id)
-    feats = g["features"]
-    data = {name: _read(g, slide_id, name, reader) for name in _SLIDE_ARRAYS}
-    data["n_patches"] = int(feats.shape[0])
-    data["feature_dim"] = int(feats.shape[1]) if len(feats.shape) > 1 else None
-    data["feature_dtype"] = str(feats.dtype)
+    fast = _read_fast(reader, slide_id)
+    if fast is not None:
+        data, shape, dtype = fast
+    else:
+        g = reader.group(slide_id)
+        feats = g["features"]
+        data = {name: _read(g, slide_id, name, reader) for name in _SLIDE_ARRAYS}
+        shape, dtype = feats.shape, str(feats.dtype)
+    data["n_patches"] = int(shape[0])
+    data["feature_dim"] = int(shape[1]) if len(shape) > 1 else None
+    data["feature_dtype"] = dtype
     data["attrs"] = reader.slide_attrs(slide_id)
     gf = data["group_features"].astype(np.float64)
     data["gf_norm"] = np.linalg.norm(gf, axis=1) if gf.ndim == 2 and len(gf) else np.zeros(0)

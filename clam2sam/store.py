@@ -24,14 +24,13 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import zarr
-from zarr.codecs import BloscCodec, BloscShuffle, Crc32cCodec
 
 from clam2sam import schema
 from clam2sam._testhooks import maybe_die
 from clam2sam.errors import StoreError, UsageError
 from clam2sam.fast_write import write_array, write_json
 from clam2sam.ids import slide_key
+from clam2sam.jsonable import jsonable  # noqa: F401 - also re-exported (stats, trainer)
 from clam2sam.slide_arrays import SlideArrays
 from clam2sam.store_lock import LOCK_NAME, StoreLock, acquire_lock, lock_is_stale, read_lock
 from clam2sam.store_overwrite import (ASIDE_NAME, KEEP_ON_OVERWRITE, check_output, discard_aside, recover,
@@ -65,6 +64,7 @@ def zarr_compressors(codec: str = DEFAULT_CODEC, clevel: int | None = None, *, c
     :mod:`clam2sam.fast_write` writes, expressed for ``zarr.create_array`` (tests build reference arrays):
     Blosc (none for ``"none"``), then the per-chunk ``crc32c`` checksum (``checksum=False``: without it, the
     layout of stores written before per-chunk checksums)."""
+    from zarr.codecs import BloscCodec, BloscShuffle, Crc32cCodec   # zarr on demand: `inspect` does without
 
     clevel = resolve_clevel(codec, clevel)
     crc = (Crc32cCodec(),) if checksum else ()
@@ -102,6 +102,7 @@ class StoreWriter:
                  feature_dtype: str | None = None, encoder: str | None = None,
                  membership: str = schema.MEMBERSHIP_PARTITION, overwrite: bool = False, lock: bool = True,
                  break_stale_lock: bool = False, clevel: int | None = None, codec: str = DEFAULT_CODEC):
+        import zarr
 
         from clam2sam import __version__
 
@@ -221,6 +222,7 @@ class StoreWriter:
         Raises:
             StoreError: the metadata cannot be written (disk full, ...); the store stays readable.
         """
+        import zarr
 
         try:
             keys = list_slide_keys(self.path, complete_only=True)
@@ -374,23 +376,6 @@ def _write_slide_group(gdir: Path, s: SlideArrays, *, clevel: int, codec: str) -
     group_meta["attributes"] = {**attrs, "complete": True}
     write_json(gdir / "zarr.json", group_meta)  # last write: marks the slide done
     maybe_die("written")
-
-
-def jsonable(v):
-    """``v`` as plain JSON types: str keys, lists, Python scalars; NaN/inf become None (JSON has neither)."""
-    if isinstance(v, dict):
-        return {str(k): jsonable(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [jsonable(x) for x in v]
-    if isinstance(v, np.generic):
-        v = v.item()
-    if isinstance(v, np.ndarray):
-        return v.tolist()
-    if isinstance(v, Path):
-        return str(v)
-    if isinstance(v, float) and not np.isfinite(v):
-        return None
-    return v
 
 
 from clam2sam.store_reader import (  # noqa: E402 - re-exported: the public API lives here

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import click
 
+from clam2sam.cli import LazyGroup
 from trainer import __version__
 
 EPILOG = """\b
@@ -13,28 +14,29 @@ Examples:
 """
 
 
-@click.group(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+# name -> ("module:attribute", first paragraph of the command's docstring): imported when the command runs
+COMMANDS = {
+    "fit": ("trainer.cli_fit:fit",
+            "Train and evaluate a MIL model on STORE with stratified, case-grouped cross-validation."),
+    "predict": ("trainer.cli_predict:predict",
+                "Predict every slide of STORE with SOURCE (a run directory, a fold directory or a checkpoint)."),
+    "eval": ("trainer.cli_predict:eval_",
+             "Predict a labelled STORE with SOURCE and score it (AUC, accuracy, F1, confusion matrix, ROC)."),
+    "heatmap": ("trainer.cli_predict:heatmap",
+                "Draw one heatmap PNG per slide from SOURCE (a predict output, or a run / checkpoint with --store)."),
+    "compare": ("trainer.cli_compare:compare",
+                "Compare RUN_A with each further run on the same folds: paired mean differences with 95 % "
+                "intervals."),
+    "report": ("trainer.cli_compare:report",
+               "Draw (again) the report of a finished run: PNGs and one self-contained RUN/report/index.html."),
+}
+
+
+@click.group(cls=LazyGroup, lazy_commands=COMMANDS, epilog=EPILOG,
+             context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="samtrain")
 def cli() -> None:
     """Train and evaluate SAM-MIL and baseline MIL models on a clam2sam store."""
-
-
-def _register() -> None:
-    import importlib
-
-    for mod in ("trainer.cli_fit", "trainer.cli_predict"):
-        try:
-            m = importlib.import_module(mod)
-        except ModuleNotFoundError as e:
-            if e.name == mod:
-                continue
-            raise
-        for c in getattr(m, "commands", [getattr(m, "command", None)]):
-            if c is not None:
-                cli.add_command(c)
-
-
-_register()
 
 
 def main(argv=None) -> None:
