@@ -160,7 +160,7 @@ def command(archive: Path, out: Path, no_process_list: bool, slides, report_path
     if report.labels_updated:  # the store's content changed: said even with --quiet
         ids = ", ".join(report.labels_updated[:20]) + (" ..." if len(report.labels_updated) > 20 else "")
         console.print(f"labels / case ids updated from {options.dataset_csv} for {len(report.labels_updated)} "
-                      f"complete slide(s): {ids}", highlight=False)
+                      f"complete slide(s): {ids}", highlight=False, soft_wrap=True)
     if quiet:
         for o in report.by_status("failed"):
             console.print(f"[red]failed:[/] {o.reason}", highlight=False)
