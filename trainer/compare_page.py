@@ -32,7 +32,7 @@ def write_compare(res: dict, out: str | Path) -> dict[str, Path]:
             rows.append([label, fmt(ci["auc_a"] if pooled else ci["mean_a"]), fmt(ci["auc_b"] if pooled else ci["mean_b"]),
                          fmt(ci["mean_diff"], True), f"[{fmt(ci['lo'], True)}, {fmt(ci['hi'], True)}]",
                          f"{ci['n_slides']} slides" if pooled else f"{ci['wins']} / {ci['n']}"
-                         + (f" ({ci['ties']} ties)" if ci["ties"] else "")])
+                         + (f" ({ci['ties']} tie{'s' if ci['ties'] > 1 else ''})" if ci["ties"] else "")])
         body.append(f"<p><b>A = {H.esc(c['a'])}</b>, <b>B = {H.esc(c['b'])}</b></p>"
                     + H.table(["metric", "A", "B", "A - B", "95 % interval", "A > B (folds)"], rows))
     body.append(f'<p class="note">{H.esc(res["method"])}; {res["n_boot"]} resamples, seed {res["seed"]}. '

@@ -155,7 +155,10 @@ def value_spread(series: dict[str, np.ndarray], xlabel: str, title: str, path: P
     fig = _figure(max(4.5, 0.9 * len(names) + 2.0), 3.4)
     ax = fig.subplots()
     data = [np.asarray(series[n], float)[np.isfinite(np.asarray(series[n], float))] for n in names]
-    ax.boxplot(data, vert=False, widths=0.5)
+    try:
+        ax.boxplot(data, orientation="horizontal", widths=0.5)  # matplotlib >= 3.10
+    except TypeError:
+        ax.boxplot(data, vert=False, widths=0.5)
     rng = np.random.default_rng(0)
     for i, d in enumerate(data, start=1):
         ax.scatter(d, i + rng.uniform(-0.15, 0.15, len(d)), s=6, alpha=0.4, color=POS_COLOUR)

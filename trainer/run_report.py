@@ -40,6 +40,13 @@ def _predicted(test, folds: list[dict]) -> np.ndarray:
     return (test.score >= thr).astype(np.int64)
 
 
+def confusion_counts(test, folds: list[dict], C: int) -> np.ndarray:
+    """``(C, C)`` counts ``[true, predicted]`` of the pooled test rows (see ``_predicted``)."""
+    cm = np.zeros((C, C), dtype=np.int64)
+    np.add.at(cm, (test.y, _predicted(test, folds)), 1)
+    return cm
+
+
 def _series(obj, name: str = "") -> tuple[dict[str, list], dict[str, object]]:
     """Split a recorded spread into numeric series (drawn) and scalar statistics (tabulated)."""
     series, scalars = {}, {}
@@ -146,14 +153,13 @@ def write_report(run: str | Path, out: str | Path | None = None, n_boot: int | N
                              "band over slides"))
     sections.append((HEADINGS["roc"], "".join(figs)))
 
-    pred = _predicted(test, folds)
-    cm = np.zeros((C, C), dtype=np.int64)
-    np.add.at(cm, (test.y, pred), 1)
+    cm = confusion_counts(test, folds, C)
     rule = "each fold's validation threshold" if C == 2 else "argmax"
     p = P.confusion(cm, classes, f"test, all folds ({rule})", out / "confusion.png")
+    cm_table = H.table(["true \\ predicted", *classes], [[c, *cm[i]] for i, c in enumerate(classes)])
     sections.append((HEADINGS["confusion"], H.img(p, f"counts over every fold's test slides at {rule}"
                                                   + ("; a slide appears once per repeat" if results.get(
-                                                      "config", {}).get("repeats", 1) > 1 else ""))))
+                                                      "config", {}).get("repeats", 1) > 1 else "")) + cm_table))
 
     thresholds = [f["test"]["threshold"] for f in folds if f.get("test", {}).get("threshold") is not None]
     p = P.probability_histograms(test.y, test.prob, classes, thresholds, out / "probabilities.png")
