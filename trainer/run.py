@@ -304,9 +304,15 @@ def _run_fit(cfg: TrainConfig, console, ctx: DistContext) -> dict:
                          "test_optimistic": "threshold chosen on the test fold itself (optimistic; only for "
                                             "comparison with published numbers)"}}
     if ctx.is_main:  # written once, by rank 0
+        from trainer.run_files import pooled_test_auc_or_nan  # bootstrap 95 % interval over slides
+
+        results["summary"]["test_auc_pooled"] = pooled_test_auc_or_nan(out, results)
         tmp = out / "results.json.tmp"
         tmp.write_text(json.dumps(results, indent=2, allow_nan=True) + "\n")
         os.replace(tmp, out / "results.json")
         table = summary_table(results)
         (out / "summary.md").write_text(table + "\n")
+        from trainer.run_report import write_report_or_warn  # RUN/report/ (a failure only warns)
+
+        write_report_or_warn(out)
     return results
