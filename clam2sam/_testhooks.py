@@ -2,7 +2,8 @@
 
 With the environment variable ``CLAM2SAM_TEST_KILL_AT="<point>:<n>"`` the process kills itself with
 SIGKILL (no cleanup, no ``finally``, exactly like ``kill -9`` or the OOM killer) the ``n``-th time
-(1-based, counted per process) execution reaches ``maybe_die(point)``. Without the variable every call
+(1-based, counted per process) execution reaches ``maybe_die(point)``. ``"<point>:<n>:INT"`` (or ``TERM``)
+sends that signal instead (Ctrl-C / a polite kill at exactly that point). Without the variable every call
 is a dictionary lookup that returns at once.
 
 Points (where :mod:`clam2sam.store` calls :func:`maybe_die`):
@@ -30,9 +31,10 @@ def maybe_die(point: str) -> None:
     spec = os.environ.get(ENV)
     if not spec:
         return
-    name, _, n = spec.partition(":")
+    name, _, rest = spec.partition(":")
     if name != point:
         return
+    n, _, sig = rest.partition(":")
     _COUNTS[point] = _COUNTS.get(point, 0) + 1
     if _COUNTS[point] == int(n or 1):
-        os.kill(os.getpid(), signal.SIGKILL)
+        os.kill(os.getpid(), getattr(signal, f"SIG{sig}") if sig else signal.SIGKILL)

@@ -144,7 +144,11 @@ def _read_core(reader: StoreReader, slide_id: str) -> dict:
         data, shape, dtype = fast
     else:
         g = reader.group(slide_id)
-        feats = g["features"]
+        try:
+            feats = g["features"]
+        except Exception:  # noqa: BLE001 - missing / unparseable zarr.json: let the reader phrase the error
+            reader.read_array(slide_id, "features")
+            raise
         data = {name: _read(g, slide_id, name, reader) for name in _SLIDE_ARRAYS}
         shape, dtype = feats.shape, str(feats.dtype)
     data["n_patches"] = int(shape[0])

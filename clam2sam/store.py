@@ -20,13 +20,13 @@ import errno
 import json
 import os
 import shutil
-import warnings
 from pathlib import Path
 
 import numpy as np
 
 from clam2sam import schema
 from clam2sam._testhooks import maybe_die
+from clam2sam.consolidate import consolidate, deferred_sigint
 from clam2sam.errors import StoreError, UsageError
 from clam2sam.fast_write import write_array, write_json
 from clam2sam.ids import slide_key
@@ -217,24 +217,30 @@ class StoreWriter:
         self.commit_overwrite()
 
     def finalize(self) -> None:
-        """Record the number of complete slides and consolidate metadata (re-run after later writes).
+        """Record the number of complete slides and consolidate their metadata (re-run after later writes).
+
+        Only complete slides are consolidated (:mod:`clam2sam.consolidate`), so the half-written metadata of an
+        interrupted slide cannot break it; Ctrl-C while the metadata is rewritten is held back until it is
+        written, then raised (KeyboardInterrupt).
 
         Raises:
-            StoreError: the metadata cannot be written (disk full, ...); the store stays readable.
+            StoreError: the metadata cannot be written (disk full, ...) or the root metadata is damaged; the
+                store stays readable.
         """
-        import zarr
-
         try:
-            keys = list_slide_keys(self.path, complete_only=True)
-            if keys and self.root.attrs.get("feature_dim") is None:
-                self._recover_features(keys[0])
-            self.root.attrs["n_slides"] = len(keys)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
+            with deferred_sigint():
+                keys = list_slide_keys(self.path, complete_only=True)
+                if keys and self.root.attrs.get("feature_dim") is None:
+                    self._recover_features(keys[0])
+                self.root.attrs["n_slides"] = len(keys)
                 maybe_die("consolidate")
-                zarr.consolidate_metadata(str(self.path))
+                consolidate(self.path, keys)
         except OSError as e:
             raise write_error(e, path=self.path, what="cannot update the store's metadata") from e
+        except ValueError as e:          # JSONDecodeError included: damaged root / slides group metadata
+            raise StoreError(f"cannot consolidate the store's metadata ({type(e).__name__}: {str(e)[:160]})",
+                             path=self.path, fix="the store's root metadata is damaged: convert into a new --out "
+                                                 "(complete slides of this store can be copied over)") from e
 
     def _recover_features(self, key: str) -> None:
         """Feature dim/dtype/encoder from a complete slide, when a crash hit between a slide's completion and
