@@ -15,17 +15,21 @@ from clam2sam.errors import UsageError
 
 MASK_MODES = ("none", "random", "non-group", "sam")          # paper Table 3
 RATIO_FNS = ("constant", "linear", "sigmoid")                 # paper Table 4
-AREA_UNITS = ("patch-fraction", "sam-pixels")
+AREA_UNITS = ("relative-size", "patch-fraction", "sam-pixels")
 GROUP_BY = ("segment", "sam-area")
-CON_FORMS = ("variance", "reference-l2")
+CON_FORMS = ("within-share", "variance", "reference-l2")
+ATTN_INITS = ("uniform", "xavier")
 MONITORS = ("auc", "loss")
 SCHEDULERS = ("cosine", "none")
 
 # Default sigmoid slope per area unit (paper eq. 7: R = sigmoid(a * A + b)). Both give R(0) = sigmoid(-2.5)
 # = 0.076: "patch-fraction" centres the curve at 1 % of the slide's patches; "sam-pixels" is the
 # reference code's k = 5e-4, A0 = 5000 (b = -k * A0).
-DEFAULT_SIGMOID_A = {"patch-fraction": 250.0, "sam-pixels": 5e-4}
+DEFAULT_SIGMOID_A = {"relative-size": 2.0, "patch-fraction": 250.0, "sam-pixels": 5e-4}
 DEFAULT_SIGMOID_B = -2.5
+# b per unit when --sigmoid-b is not given: relative-size is centred on the slide's average segment
+DEFAULT_SIGMOID_B_BY_UNIT = {"relative-size": -2.0, "patch-fraction": -2.5, "sam-pixels": -2.5}
+DEFAULT_MIN_EPOCHS = 3
 
 # Fields that may change between an interrupted run and its resumption without invalidating it.
 RESUME_FREE_FIELDS = ("num_workers", "threads", "cache", "device", "quiet", "resume", "overwrite", "out", "store")
@@ -46,19 +50,22 @@ class TrainConfig:
     hidden_dim: int = 512
     attn_dim: int = 128
     dropout: float = 0.25
+    standardize: bool = True             # per-dimension feature standardisation fitted on each training part
+    max_instance_weight: float = 0.5     # auxiliary max-instance CE (attention models with instance logits)
+    attn_init: str = "uniform"           # "uniform": attention starts as mean pooling; "xavier": reference
     # SG2M (instance level)
     mask: str = "sam"
     ratio_fn: str = "sigmoid"
     mask_ratio: float = 0.9              # MR_target
-    area_unit: str = "patch-fraction"
+    area_unit: str = "relative-size"
     sigmoid_a: float | None = None       # default per unit (DEFAULT_SIGMOID_A)
-    sigmoid_b: float = DEFAULT_SIGMOID_B
+    sigmoid_b: float | None = None       # default per unit (DEFAULT_SIGMOID_B_BY_UNIT)
     group_by: str = "segment"            # "sam-area": the reference's grouping by equal relative_area
     # bag level
     pseudo_bags: int = 5                 # m
     alpha: float = 0.5                   # pseudo-bag CE weight
-    beta: float = 1e-3                   # consistency weight (0.1 stopped learning in bench/RESULTS.md)
-    con_form: str = "variance"
+    beta: float = 0.1                    # consistency weight (chosen by nested validation: docs/trainer.md)
+    con_form: str = "within-share"       # size-invariant share of within-segment log-attention variance
     con_unassigned: bool = False         # also make unassigned patches' attention uniform
     # protocol
     folds: int = 5
@@ -73,8 +80,12 @@ class TrainConfig:
     max_epochs: int = 200
     batch_size: int = 1                  # bags per optimiser step (gradient accumulation)
     patience: int = 20
-    min_epochs: int = 0
+    min_epochs: int | None = None        # epochs before this are never selected and never count for patience;
+                                         # default min(DEFAULT_MIN_EPOCHS, max_epochs - 1)
     monitor: str = "auc"
+    # nested selection (trainer/search.py): settings tried on each outer training part
+    search: dict = field(default_factory=dict)   # {"beta": [0.0, 0.1], ...}
+    inits: int = 1                       # initialisations per setting, the best kept on validation
     # runtime
     num_workers: int = 0
     threads: int = 0                     # torch intra-op threads; 0 = torch default
@@ -92,8 +103,12 @@ class TrainConfig:
         c = dataclasses.replace(self)
         if c.group_features is None:
             c.group_features = c.model == "sam-mil"
+        if c.min_epochs is None:
+            c.min_epochs = max(0, min(DEFAULT_MIN_EPOCHS, c.max_epochs - 1))
         if c.sigmoid_a is None:
             c.sigmoid_a = DEFAULT_SIGMOID_A[c.area_unit] if c.area_unit in DEFAULT_SIGMOID_A else 1.0
+        if c.sigmoid_b is None:
+            c.sigmoid_b = DEFAULT_SIGMOID_B_BY_UNIT.get(c.area_unit, DEFAULT_SIGMOID_B)
         c.validate()
         return c
 
@@ -103,7 +118,7 @@ class TrainConfig:
             raise UsageError(msg, fix=fix)
 
         for name, allowed in (("mask", MASK_MODES), ("ratio_fn", RATIO_FNS), ("area_unit", AREA_UNITS),
-                              ("group_by", GROUP_BY), ("con_form", CON_FORMS), ("monitor", MONITORS),
+                              ("group_by", GROUP_BY), ("con_form", CON_FORMS), ("monitor", MONITORS), ("attn_init", ATTN_INITS),
                               ("scheduler", SCHEDULERS)):
             if getattr(self, name) not in allowed:
                 bad(f"--{name.replace('_', '-')} {getattr(self, name)!r} is not one of {', '.join(allowed)}")
@@ -118,8 +133,8 @@ class TrainConfig:
             bad(f"--mask-ratio {self.mask_ratio} must be in [0, 1)")
         if self.pseudo_bags < 1:
             bad("--pseudo-bags must be >= 1")
-        if self.alpha < 0 or self.beta < 0:
-            bad("--alpha and --beta must be >= 0")
+        if self.alpha < 0 or self.beta < 0 or self.max_instance_weight < 0:
+            bad("--alpha, --beta and --max-instance-weight must be >= 0")
         if self.splits_dir is None and self.folds < 2:
             bad("--folds must be >= 2")
         if self.repeats < 1 or self.max_epochs < 1 or self.batch_size < 1 or self.patience < 1:
@@ -131,6 +146,11 @@ class TrainConfig:
             bad("--dropout must be in [0, 1)")
         if self.threads < 0 or self.num_workers < 0:
             bad("--threads and --num-workers must be >= 0")
+        if self.min_epochs < 0 or self.min_epochs >= self.max_epochs:
+            bad(f"--min-epochs {self.min_epochs} must be in [0, --max-epochs {self.max_epochs})",
+                fix="lower --min-epochs or raise --max-epochs")
+        if self.inits < 1:
+            bad("--inits must be >= 1")
         if self.lr <= 0:
             bad("--lr must be > 0")
 

@@ -28,9 +28,9 @@ def train_one_epoch(model, loader, optimizer, device, *, accumulate: int = 1, on
         if (i + 1) % accumulate == 0 or i + 1 == len(loader):
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-        for k in ("loss", "ce", "pb", "con"):
-            if k in out:
-                sums[k] = sums.get(k, 0.0) + float(out[k].detach() if torch.is_tensor(out[k]) else out[k])
+        for k, v in out.items():                              # every scalar loss term the model returns
+            if torch.is_tensor(v) and v.dim() == 0 and v.is_floating_point():
+                sums[k] = sums.get(k, 0.0) + float(v.detach())
         n += 1
         if on_step is not None:
             on_step(i)

@@ -8,7 +8,14 @@ k is masked at ``MR * R(A_k)`` and exactly ``floor(n_k * MR * R(A_k))`` of its p
 chosen uniformly at random. Group-feature tokens are never masked.
 
 Area unit ``A_k`` (size-independent by default):
-    * ``patch-fraction`` (default): ``n_k / N``, the share of the slide's patches in the segment (= the
+    * ``relative-size`` (default): ``n_k / mean_j n_j``, the segment's patch count relative to the mean
+      segment of the same slide (1 = an average segment). Default ``a = 2, b = -2``: ``R(0) = 0.12``,
+      ``R(0.5) = 0.27``, ``R(1) = 0.5``, ``R(2) = 0.88``, so small segments keep most of their patches,
+      average ones lose about half of ``MR``, and large ones nearly all of it, on every slide whatever its
+      number of segments. (With ``patch-fraction`` and a fixed centre at 1 % of the slide, most segments of
+      a slide cut into 10-40 segments lie above the centre and SG2M degenerates into a near-constant mask.)
+      The unassigned group gets area 0.
+    * ``patch-fraction``: ``n_k / N``, the share of the slide's patches in the segment (= the
       share of patch-covered tissue). The unassigned group gets area 0 (the reference gives it 1 SAM
       pixel, i.e. the smallest ratio). Default ``a = 250, b = -2.5``: centre at 1 % of the slide,
       ``R(0) = 0.076`` (same as the reference at A = 0), ``R(2 %) = 0.92``.
@@ -71,6 +78,10 @@ def mask_groups(segment_ids: torch.Tensor, segment_sizes: torch.Tensor, segment_
     gid = torch.where(segment_ids < 0, torch.full_like(segment_ids, S), segment_ids).long()
     if area_unit == "sam-pixels":
         area = torch.cat([segment_sam_area.double().to(dev), torch.ones(1, dtype=torch.float64, device=dev)])
+    elif area_unit == "relative-size":
+        sizes = segment_sizes.double().to(dev)
+        mean = sizes[sizes > 0].mean() if bool((sizes > 0).any()) else sizes.new_tensor(1.0)
+        area = torch.cat([sizes / mean, torch.zeros(1, dtype=torch.float64, device=dev)])
     else:
         area = torch.cat([segment_sizes.double().to(dev) / max(N, 1),
                           torch.zeros(1, dtype=torch.float64, device=dev)])
@@ -187,3 +198,33 @@ class SG2M(nn.Module):
     def extra_repr(self) -> str:
         return (f"mode={self.mode}, MR={self.mask_ratio}, ratio_fn={self.ratio_fn}, a={self.a}, b={self.b}, "
                 f"unit={self.area_unit}, group_by={self.group_by}")
+
+
+def ratio_spread(reader, slide_ids, cfg) -> dict:
+    """How SG2M's per-segment mask ratios ``MR * R(A_k)`` spread over a cohort's segments.
+
+    Returns quantiles (p10, p50, p90) over segments, the share of segments masked above 0.8, and the
+    expected share of patches dropped per slide (mean over slides). A near-constant ratio means SG2M
+    behaves like uniform random masking; see ``--area-unit``.
+    """
+    import numpy as np
+
+    ratios, dropped = [], []
+    for sid in slide_ids:
+        arr = {n: torch.from_numpy(np.asarray(reader.read_array(sid, n)))
+               for n in ("segment_ids", "segment_sizes", "segment_sam_area", "patch_sam_area")}
+        g = mask_groups(arr["segment_ids"].long(), arr["segment_sizes"].long(), arr["segment_sam_area"].double(),
+                        arr["patch_sam_area"].double(), area_unit=cfg.area_unit, group_by=cfg.group_by)
+        r = cfg.mask_ratio * group_ratios(g.area, g.is_segment, cfg.ratio_fn, cfg.sigmoid_a, cfg.sigmoid_b)
+        counts = torch.bincount(g.group_of_patch, minlength=g.n_groups).double()
+        ratios.append(r[g.is_segment].numpy())
+        if counts.sum() > 0:
+            dropped.append(float((counts * r).sum() / counts.sum()))
+    allr = np.concatenate(ratios) if ratios else np.zeros(0)
+    if not len(allr):
+        return {"n_segments": 0}
+    p10, p50, p90 = np.percentile(allr, [10, 50, 90])
+    return {"n_segments": int(len(allr)), "p10": float(p10), "p50": float(p50), "p90": float(p90),
+            "share_above_0.8": float((allr > 0.8).mean()), "mean_patch_share_dropped": float(np.mean(dropped)),
+            "area_unit": cfg.area_unit, "sigmoid_a": cfg.sigmoid_a, "sigmoid_b": cfg.sigmoid_b,
+            "ratio_fn": cfg.ratio_fn, "mask_ratio": cfg.mask_ratio}

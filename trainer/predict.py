@@ -132,11 +132,9 @@ def instance_logits(model, h: torch.Tensor, c) -> torch.Tensor:
     bag of one has attention 1); otherwise runs the head on every single token (exact, slower).
     """
     m = getattr(model, "backbone", model)                    # sam-mil: its MIL network
-    fn = getattr(m, "instance_logits", None)
-    if fn is not None:
-        return fn(h, c)
-    if getattr(m, "model_name", "") == "abmil":
-        return m.classifier(h)
+    fast = m.instance_logits(h, c)
+    if fast is not None:
+        return fast
     return torch.cat([m.head(h[i:i + 1], None if c is None else c[i:i + 1])["logits"] for i in range(h.shape[0])])
 
 

@@ -76,7 +76,8 @@ def test_each_loss_term_reaches_trained_parameters(term):
 def test_total_loss_is_weighted_sum():
     torch.manual_seed(0)
     out = build_model("sam-mil", 16, 2, cfg(alpha=0.3, beta=2.0)).loss_dict(make_bag())
-    assert float(out["loss"].detach()) == pytest.approx(float((out["ce"] + 0.3 * out["pb"] + 2.0 * out["con"]).detach()), rel=1e-6)
+    assert float(out["loss"].detach()) == pytest.approx(float((out["ce"] + 0.3 * out["pb"] + 2.0 * out["con"]
+                                                                      + 0.5 * out["inst_max"]).detach()), rel=1e-6)
 
 
 def test_sam_mil_embeds_once_per_step(monkeypatch):

@@ -16,6 +16,8 @@ from trainer.models.registry import register_model
 
 @register_model("abmil")
 class ABMIL(MILModel):
+    attention_pooling = True
+
     def __init__(self, in_dim: int, n_classes: int, cfg):
         super().__init__(in_dim, n_classes, cfg)
         E, A = cfg.hidden_dim, cfg.attn_dim
@@ -24,11 +26,18 @@ class ABMIL(MILModel):
         self.classifier = nn.Linear(E, n_classes)
         init_linear_xavier(self)
 
+    def attention_output_layers(self):
+        return [self.attention[-1]]
+
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         return self.embed_net(x)                              # (T, E)
 
     def instance_cache(self, h: torch.Tensor) -> torch.Tensor:
         return self.attention(h).squeeze(-1)                  # (T,) attention logits
+
+    def instance_logits(self, h: torch.Tensor, cache: torch.Tensor | None = None) -> torch.Tensor:
+        """``(T, C)``: a bag of one instance has attention 1, so its logits are ``classifier(h_i)``."""
+        return self.classifier(h)
 
     def head(self, h: torch.Tensor, cache: torch.Tensor | None = None) -> dict:
         s = self.instance_cache(h) if cache is None else cache  # (T,)

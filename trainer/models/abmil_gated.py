@@ -34,12 +34,17 @@ class GatedAttention(nn.Module):
 
 @register_model("abmil-gated")
 class GatedABMIL(MILModel):
+    attention_pooling = True
+
     def __init__(self, in_dim: int, n_classes: int, cfg):
         super().__init__(in_dim, n_classes, cfg)
         self.embed_net = instance_embedding(in_dim, cfg)
         self.attention = GatedAttention(cfg.hidden_dim, cfg.attn_dim)
         self.classifier = nn.Linear(cfg.hidden_dim, n_classes)
         init_linear_xavier(self)
+
+    def attention_output_layers(self):
+        return [self.attention.w]
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         return self.embed_net(x)                              # (T, E)

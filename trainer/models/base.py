@@ -26,18 +26,56 @@ class MILModel(nn.Module):
     """Base class. Subclasses implement ``embed`` and ``head`` (and optionally ``instance_cache``)."""
 
     model_name = "base"
+    attention_pooling = False      # True: attention-weighted pooling that the max-instance term helps
 
     def __init__(self, in_dim: int, n_classes: int, cfg):
         super().__init__()
         self.in_dim, self.n_classes = in_dim, n_classes
         self.use_group_features = bool(cfg.group_features)
+        self.max_instance_weight = float(getattr(cfg, "max_instance_weight", 0.0) or 0.0)
+        # feature standardisation (x - mean) / sd, fitted on the training part of each fold
+        # (:meth:`set_feature_stats`); identity until then. Saved in checkpoints, so predict and heatmap
+        # apply the same transform.
+        self.register_buffer("feat_mean", torch.zeros(in_dim))
+        self.register_buffer("feat_inv_sd", torch.ones(in_dim))
 
     # -- token layout
     def tokens(self, bag) -> torch.Tensor:
-        """``(T, D)``: patches, then group features when enabled."""
+        """``(T, D)``: patches, then group features when enabled, standardised."""
+        x = bag.features
         if self.use_group_features and bag.n_segments:
-            return torch.cat([bag.features, bag.group_features], dim=0)
-        return bag.features
+            x = torch.cat([x, bag.group_features], dim=0)
+        return (x - self.feat_mean) * self.feat_inv_sd
+
+    def set_feature_stats(self, mean, sd) -> None:
+        """Standardise inputs with per-dimension ``mean`` and ``sd`` ``(D,)`` (sd floored at 1e-6)."""
+        mean = torch.as_tensor(mean, dtype=self.feat_mean.dtype, device=self.feat_mean.device)
+        sd = torch.as_tensor(sd, dtype=self.feat_mean.dtype, device=self.feat_mean.device)
+        self.feat_mean.copy_(mean)
+        self.feat_inv_sd.copy_(1.0 / sd.clamp_min(1e-6))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # checkpoints written before standardisation existed: identity transform
+        for name, fill in (("feat_mean", 0.0), ("feat_inv_sd", 1.0)):
+            state_dict.setdefault(prefix + name, torch.full((self.in_dim,), fill))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    # -- attention initialisation
+    def attention_output_layers(self) -> list[nn.Linear]:
+        """The layers whose zeroing makes attention uniform over the bag (none for non-attention models)."""
+        return []
+
+    def init_uniform_attention(self) -> None:
+        """Start with uniform attention (mean pooling): zero :meth:`attention_output_layers`.
+
+        From a random start, a few instances get most of the attention by chance; in a bag of thousands,
+        a rare lesion then gets almost none of it and almost no gradient. Uniform attention lets every
+        instance reach the classifier first, and the attention learns from there.
+        """
+        for layer in self.attention_output_layers():
+            nn.init.zeros_(layer.weight)
+            if layer.bias is not None:
+                nn.init.zeros_(layer.bias)
 
     def n_group_tokens(self, bag) -> int:
         return bag.n_segments if self.use_group_features else 0
@@ -59,10 +97,35 @@ class MILModel(nn.Module):
         out["n_patches"] = bag.n_patches
         return out
 
+    def instance_logits(self, h: torch.Tensor, cache: torch.Tensor | None = None) -> torch.Tensor | None:
+        """``(T, C)``: the logits of a bag holding only instance i; None for models without them."""
+        return None
+
+    def max_instance_loss(self, h: torch.Tensor, cache, y: torch.Tensor) -> torch.Tensor | None:
+        """Auxiliary max-instance term: CE of the per-class maximum of :meth:`instance_logits` ``(1, C)``.
+
+        The bag classifier, applied to each instance, must find the bag's class in its most convincing
+        instance (max pooling). This aligns the classifier with the direction that separates a rare lesion
+        from the rest early in training; attention then has a gradient towards the lesion patches instead
+        of towards whatever separates the training slides. None when the model has no instance logits.
+        """
+        il = self.instance_logits(h, cache)
+        if il is None:
+            return None
+        return F.cross_entropy(il.max(0).values.unsqueeze(0), y.view(1))
+
     def loss_dict(self, bag) -> dict:
-        out = self.forward(bag)
+        h = self.embed(self.tokens(bag))
+        c = self.instance_cache(h)
+        out = self.head(h, c)
         ce = F.cross_entropy(out["logits"], bag.label.view(1))
-        return {"loss": ce, "ce": ce, "logits": out["logits"].detach()}
+        res = {"loss": ce, "ce": ce, "logits": out["logits"].detach()}
+        if self.max_instance_weight > 0 and self.attention_pooling:
+            mi = self.max_instance_loss(h, c, bag.label)
+            if mi is not None:
+                res["inst_max"] = mi
+                res["loss"] = ce + self.max_instance_weight * mi
+        return res
 
 
 def init_linear_xavier(module: nn.Module) -> None:

@@ -37,6 +37,9 @@ class DSMIL(MILModel):
         self.bag_classifier = nn.Linear(n_classes * E, n_classes)   # = Conv1d(C, C, kernel_size=E)
         init_linear_xavier(self)
 
+    def attention_output_layers(self):
+        return [self.q[0]]                                    # q = 0: every distance equal, U uniform
+
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         return self.embed_net(x)                              # (T, E)
 

@@ -37,11 +37,17 @@ class SAMMIL(MILModel):
         self.m, self.alpha, self.beta = cfg.pseudo_bags, cfg.alpha, cfg.beta
         self.con_form, self.con_unassigned = cfg.con_form, cfg.con_unassigned
 
+    def attention_output_layers(self):
+        return self.backbone.attention_output_layers()
+
     def embed(self, x):
         return self.backbone.embed(x)
 
     def instance_cache(self, h):
         return self.backbone.instance_cache(h)
+
+    def instance_logits(self, h, cache=None):
+        return self.backbone.instance_logits(h, cache)
 
     def head(self, h, cache=None):
         return self.backbone.head(h, cache)
@@ -76,6 +82,11 @@ class SAMMIL(MILModel):
                                for p in parts]).mean()
             loss = loss + self.alpha * l_p
             out["pb"] = l_p
+        if self.max_instance_weight > 0 and self.backbone.attention_pooling:
+            mi = self.max_instance_loss(h, c, y)               # full bag, as the plain backbone
+            if mi is not None:
+                loss = loss + self.max_instance_weight * mi
+                out["inst_max"] = mi
         if self.beta > 0:
             att = self.head(h, c)["scores"]                    # (T,) full-bag attention
             l_con = consistency_loss(att, self.token_groups(bag, groups), self.con_form, groups.n_groups)
