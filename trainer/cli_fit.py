@@ -6,7 +6,7 @@ import os
 
 import click
 
-from trainer.config import (AREA_UNITS, CON_FORMS, DEFAULT_SIGMOID_A, DEFAULT_SIGMOID_B, GROUP_BY, MASK_MODES,
+from trainer.config import (ATTN_INITS, AREA_UNITS, CON_FORMS, DEFAULT_SIGMOID_A, DEFAULT_SIGMOID_B, GROUP_BY, MASK_MODES,
                             MONITORS, RATIO_FNS, SCHEDULERS, TrainConfig)
 
 EPILOG = """\b
@@ -47,6 +47,16 @@ def _opt_group(f):
         click.option("--hidden-dim", default=d.hidden_dim, show_default=True, type=int),
         click.option("--attn-dim", default=d.attn_dim, show_default=True, type=int),
         click.option("--dropout", default=d.dropout, show_default=True, type=float),
+        click.option("--standardize/--no-standardize", default=d.standardize, show_default=True,
+                     help="Standardise each feature dimension with the mean and sd of the fold's training "
+                          "patches (saved in the checkpoint; predict applies it)."),
+        click.option("--attn-init", type=click.Choice(ATTN_INITS), default=d.attn_init, show_default=True,
+                     help="uniform: attention starts as mean pooling (last attention layer zeroed); "
+                          "xavier: random start, as the reference code."),
+        click.option("--max-instance-weight", default=d.max_instance_weight, show_default=True, type=float,
+                     help="Weight of the auxiliary max-instance CE for attention models (abmil, abmil-gated, "
+                          "sam-mil): the bag classifier must also find the class in the most convincing "
+                          "patch. Lets attention find rare lesions in big bags; 0 = off."),
         # SG2M
         click.option("--mask", type=click.Choice(MASK_MODES), default=d.mask, show_default=True,
                      help="Instance masking (paper Table 3): none | random (all tokens) | non-group | sam (SG2M)."),
@@ -55,10 +65,14 @@ def _opt_group(f):
         click.option("--mask-ratio", "mask_ratio", default=d.mask_ratio, show_default=True, type=float,
                      help="MR_target in [0, 1)."),
         click.option("--area-unit", type=click.Choice(AREA_UNITS), default=d.area_unit, show_default=True,
-                     help="Group area A_k: share of the slide's patches, or SAM-image pixels (reference)."),
+                     help="Group area A_k: segment size relative to the slide's mean segment (default; "
+                          "R spreads over segment sizes on every slide), share of the slide's patches, or "
+                          "SAM-image pixels (reference)."),
         click.option("--sigmoid-a", type=float, default=None,
-                     help="Slope a of R = sigmoid(a*A + b). Default: 250 for patch-fraction, 5e-4 for sam-pixels."),
-        click.option("--sigmoid-b", type=float, default=d.sigmoid_b, show_default=True, help="Shift b."),
+                     help="Slope a of R = sigmoid(a*A + b). Default: 2 for relative-size, 250 for "
+                          "patch-fraction, 5e-4 for sam-pixels."),
+        click.option("--sigmoid-b", type=float, default=None,
+                     help="Shift b. Default: -2 for relative-size (R = 0.5 at the mean segment), -2.5 otherwise."),
         click.option("--group-by", type=click.Choice(GROUP_BY), default=d.group_by, show_default=True,
                      help="segment, or sam-area (reference: patches with equal relative_area)."),
         click.option("--reference-sigmoid", is_flag=True,
@@ -70,8 +84,10 @@ def _opt_group(f):
         click.option("--alpha", default=d.alpha, show_default=True, type=float, help="Pseudo-bag loss weight."),
         click.option("--beta", default=d.beta, show_default=True, type=float, help="Consistency loss weight."),
         click.option("--con-form", type=click.Choice(CON_FORMS), default=d.con_form, show_default=True,
-                     help="variance: sum over segments of Var(T*attention) (appendix F); reference-l2: the "
-                          "reference code's formula."),
+                     help="within-share: share of the log-attention variance that lies within segments, "
+                          "in [0, 1] whatever the bag size (appendix F, size-invariant); variance: sum over "
+                          "segments of Var(T*attention) (grows with the bag); reference-l2: the reference "
+                          "code's formula."),
         click.option("--con-unassigned/--no-con-unassigned", default=d.con_unassigned, show_default=True,
                      help="Also pull together the attention of patches in no segment."),
         # protocol
@@ -93,7 +109,16 @@ def _opt_group(f):
         click.option("--patience", default=d.patience, show_default=True, type=int,
                      help="Early stopping: epochs without a better validation score."),
         click.option("--min-epochs", default=d.min_epochs, show_default=True, type=int,
-                     help="Never stop before this many epochs."),
+                     help="Epochs before this are never selected and do not count for --patience "
+                          "(default: min(3, max-epochs - 1)); a fold's early validation AUC often saturates "
+                          "by chance on a small validation split."),
+        click.option("--search", "search", multiple=True, metavar="NAME=V1,V2,...",
+                     help="Nested selection: try these values on each outer fold's training part and keep "
+                          "the best on its validation split (repeatable; e.g. --search beta=0,0.1,1 "
+                          "--search lr=2e-4,1e-3). Test folds never influence the choice."),
+        click.option("--inits", default=d.inits, show_default=True, type=int,
+                     help="Initialisations per setting; the best on validation is kept (guards against an "
+                          "unlucky start)."),
         click.option("--monitor", type=click.Choice(MONITORS), default=d.monitor, show_default=True,
                      help="Validation score for selection: AUC (ties: lower loss) or loss."),
         # runtime
@@ -144,6 +169,9 @@ def fit(store, as_json, reference_sigmoid, classes, ddp, **kw):
     if reference_sigmoid:
         kw.update(area_unit="sam-pixels", group_by="sam-area", sigmoid_a=DEFAULT_SIGMOID_A["sam-pixels"],
                   sigmoid_b=DEFAULT_SIGMOID_B, mask_ratio=0.9)
+    from trainer.search import parse_search
+
+    kw["search"] = parse_search(kw.get("search"))
     cfg = TrainConfig(store=store, classes=[c.strip() for c in classes.split(",")] if classes else None, **kw)
     console = Console(stderr=True)
     results = run_fit(cfg, console=console, ddp=ddp)

@@ -95,13 +95,19 @@ def summary_table(results: dict) -> str:
         if has_opt:
             o = f["test_optimistic"]
             r += [f"{100 * o['acc']:.2f}", f"{100 * o['f1']:.2f}"]
+        r.append(", ".join(f.get("flags", [])) or "-")
         rows.append(r)
+    head.append("flags")
     s = results["summary"]
     r = ["mean ± std", "", _fmt(s["val"].get("auc")), "", _fmt(s["test"].get("auc")), _fmt(s["test"].get("acc")),
          _fmt(s["test"].get("f1")), _fmt(s["test"].get("bal_acc"))]
     if has_opt:
         r += [_fmt(s["test_optimistic"].get("acc")), _fmt(s["test_optimistic"].get("f1"))]
-    rows.append(r)
+    rows.append(r + [""])
+    ta = s["test"].get("auc") or {}
+    if "median" in ta and math.isfinite(ta["median"]):
+        rows.append(["median [IQR]", "", "", "", f"{100 * ta['median']:.2f} [{100 * ta['q1']:.2f}, "
+                     f"{100 * ta['q3']:.2f}]"] + [""] * (len(head) - 5))
     pooled = s.get("test_auc_pooled")
     if pooled:  # all folds' test predictions scored together, bootstrap 95 % interval over slides
         from trainer.run_report import ci_text
@@ -117,6 +123,26 @@ def summary_table(results: dict) -> str:
                  "fold (only for comparison with published numbers)."
                  + (" Pooled: the AUC of every fold's test predictions together, with a 95 % bootstrap interval "
                     "over slides." if s.get("test_auc_pooled") else ""))
+    flagged = [f for f in results["folds"] if f.get("flags")]
+    if flagged:
+        from trainer.protocol_checks import FLAG_TEXT
+
+        codes = sorted({c for f in flagged for c in f["flags"]})
+        lines.append(f"WARNING: {len(flagged)} of {len(results['folds'])} folds flagged "
+                     f"({'; '.join(f'{c}: {FLAG_TEXT.get(c, c)}' for c in codes)}); the mean includes them, "
+                     "see the median [IQR] row.")
+    for f in results["folds"]:
+        srch = f.get("search")
+        if srch:
+            lines.append(f"fold {f['split']}: chosen on validation {srch['chosen_params'] or {}} "
+                         f"(init {srch['chosen_init']}) among {len(srch['candidates'])} candidates")
+    sp = results.get("sg2m_ratio_spread")
+    if sp and sp.get("n_segments"):
+        lines.append(f"SG2M mask ratio over {sp['n_segments']} segments ({sp['area_unit']}): p10 {sp['p10']:.2f}, "
+                     f"median {sp['p50']:.2f}, p90 {sp['p90']:.2f}; {100 * sp['share_above_0.8']:.0f} % above 0.8; "
+                     f"{100 * sp['mean_patch_share_dropped']:.0f} % of a slide's patches dropped on average.")
+    for w in results.get("warnings", []):
+        lines.append(f"note: {w}")
     excluded = results.get("excluded_slides") or []
     if excluded:                      # never silent: how many slides were left out, and why
         reasons: dict[str, int] = {}

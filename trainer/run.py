@@ -35,15 +35,20 @@ from clam2sam.errors import UsageError
 from clam2sam.store import open_store
 from trainer.checkpoint import load_checkpoint, save_checkpoint, set_rng_state
 from trainer.config import TrainConfig
+from trainer.feature_stats import training_feature_stats
 from trainer.data import BagDataset, Cohort, collate_one, describe_excluded, load_cohort
 from trainer.distributed import SINGLE, DistContext, init_from_env
 from trainer.loop import evaluate, train_one_epoch
 from trainer.metrics import evaluate_fold, mean_std, safe_auc
 from trainer.models import build_model
 from trainer.report import NullProgress, make_progress, summary_table
+from trainer.masking import ratio_spread
+from trainer.protocol_checks import fold_flags, median_iqr, run_warnings
+from trainer.search import candidate_config, candidates, pick
 from trainer.splits import Split, check_no_case_leak, make_cv_splits, read_clam_splits
 
-METRIC_FIELDS = ("epoch", "lr", "train_loss", "train_ce", "train_pb", "train_con", "val_loss", "val_auc",
+METRIC_FIELDS = ("epoch", "lr", "train_loss", "train_ce", "train_pb", "train_con", "train_inst_max", "train_inst",
+                 "val_loss", "val_auc",
                  "improved", "train_seconds")
 
 
@@ -61,8 +66,8 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _fold_seed(cfg: TrainConfig, split: Split) -> int:
-    return cfg.seed + 7919 * split.repeat + 104729 * split.fold
+def _fold_seed(cfg: TrainConfig, split: Split, init: int = 0) -> int:
+    return cfg.seed + 7919 * split.repeat + 104729 * split.fold + 1299709 * init
 
 
 def _loader(ds, cfg: TrainConfig, order=None, seed: int = 0) -> DataLoader:
@@ -138,8 +143,45 @@ def _score(cfg: TrainConfig, val_auc: float, val_loss: float) -> tuple:
 
 # ------------------------------------------------------------------------------------------- a fold
 
+def run_outer_fold(cfg: TrainConfig, cohort: Cohort, split: Split, in_dim: int, device, fold_dir: Path,
+                   progress=None, ctx: DistContext = SINGLE) -> dict:
+    """One outer fold: :func:`run_fold` directly, or every ``--search`` / ``--inits`` candidate in
+    ``fold_dir/cand_<i>`` and the one with the best validation score (trainer/search.py).
+
+    The chosen candidate's ``best.pt``, ``metrics.csv`` and ``predictions.csv`` are copied into
+    ``fold_dir`` so that predict, heatmap and the report see one model per fold.
+    """
+    if not cfg.search and cfg.inits <= 1:
+        return run_fold(cfg, cohort, split, in_dim, device, fold_dir, progress, ctx)
+    done = fold_dir / "done.json"
+    finished = ctx.rank0_call(lambda: json.loads(done.read_text()) if done.exists() and cfg.resume else None)
+    if finished is not None:
+        return finished
+    cands = candidates(cfg.search, cfg.inits)
+    results = []
+    for i, cand in enumerate(cands):
+        ccfg = candidate_config(cfg, cand)
+        r = run_fold(ccfg, cohort, split, in_dim, device, fold_dir / f"cand_{i:02d}", progress, ctx,
+                     init=cand["init"])
+        results.append(r)
+    k = pick(results, cfg.monitor)
+    res = dict(results[k])
+    res["search"] = {"chosen": k, "chosen_params": cands[k]["params"], "chosen_init": cands[k]["init"],
+                     "candidates": [{"params": c["params"], "init": c["init"], "val_auc": r["val"].get("auc"),
+                                     "val_loss": r["val"].get("loss"), "best_epoch": r["best_epoch"]}
+                                    for c, r in zip(cands, results)],
+                     "note": "chosen on the validation split of the training part; test never used"}
+    if ctx.is_main:
+        for name in ("best.pt", "metrics.csv", "predictions.csv"):
+            shutil.copy2(fold_dir / f"cand_{k:02d}" / name, fold_dir / name)
+        tmp = done.with_name("done.json.tmp")
+        tmp.write_text(json.dumps(res, indent=2) + "\n")
+        os.replace(tmp, done)
+    return res
+
+
 def run_fold(cfg: TrainConfig, cohort: Cohort, split: Split, in_dim: int, device, fold_dir: Path,
-             progress=None, ctx: DistContext = SINGLE) -> dict:
+             progress=None, ctx: DistContext = SINGLE, init: int = 0) -> dict:
     """Train one fold with early stopping on validation; evaluate the best model on test.
 
     Under torchrun (``ctx``, see trainer/distributed.py) ranks share the training bags and the evaluation,
@@ -155,9 +197,14 @@ def run_fold(cfg: TrainConfig, cohort: Cohort, split: Split, in_dim: int, device
     C = len(cohort.classes)
     ds = {p: BagDataset(cfg.store, [cohort.slide_ids[i] for i in getattr(split, p)], y[getattr(split, p)],
                         cache=cfg.cache) for p in ("train", "val", "test")}
-    fseed = _fold_seed(cfg, split)
+    fseed = _fold_seed(cfg, split, init)
     seed_everything(fseed)
-    model = build_model(cfg.model, in_dim, C, cfg).to(device)
+    model = build_model(cfg.model, in_dim, C, cfg)
+    if cfg.attn_init == "uniform":
+        model.init_uniform_attention()
+    if cfg.standardize:
+        model.set_feature_stats(*training_feature_stats(cfg.store, [cohort.slide_ids[i] for i in split.train]))
+    model = model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.max_epochs, eta_min=0.0)
                  if cfg.scheduler == "cosine" else None)
@@ -189,14 +236,17 @@ def run_fold(cfg: TrainConfig, cohort: Cohort, split: Split, in_dim: int, device
         val = ctx.gather_predictions(evaluate(model, val_loader, device), len(ds["val"]))
         val_auc = safe_auc(val.y, val.prob)
         score = _score(cfg, val_auc, val.loss)
-        improved = st["best"] is None or tuple(score) > tuple(st["best"])
+        # epochs before min_epochs are never selected (epoch 0's validation AUC often saturates by chance)
+        # and never count for patience; the last epoch is always selectable
+        selectable = epoch >= cfg.min_epochs or epoch + 1 == cfg.max_epochs
+        improved = selectable and (st["best"] is None or tuple(score) > tuple(st["best"]))
         if improved:
             st["best"], st["best_epoch"], st["bad_epochs"] = list(score), epoch, 0
             if ctx.is_main:
                 save_checkpoint(fold_dir / "best.pt", model=model, optimizer=optimizer, config=cfg_dict,
                                 epoch=epoch, extra={**extra_common, "val_auc": val_auc, "val_loss": val.loss},
                                 with_rng=False)
-        else:
+        elif selectable:
             st["bad_epochs"] += 1
         st["history"].append({"epoch": epoch, "lr": lr, **tr, "val_loss": val.loss, "val_auc": val_auc,
                               "improved": int(improved)})
@@ -217,6 +267,7 @@ def run_fold(cfg: TrainConfig, cohort: Cohort, split: Split, in_dim: int, device
     test_loader = _loader(ds["test"], cfg, ctx.eval_indices(len(ds["test"])))
     test = ctx.gather_predictions(evaluate(model, test_loader, device), len(ds["test"]))
     res = evaluate_fold(val.y, val.prob, test.y, test.prob)
+    res["val"]["loss"] = val.loss
     res.update({"split": split.name, "repeat": split.repeat, "fold": split.fold, "best_epoch": best["epoch"],
                 "epochs_run": st["next_epoch"], "early_stopped": bool(st["stopped"]),
                 "n_train": len(ds["train"]), "n_val": len(ds["val"]), "n_test": len(ds["test"]),
@@ -239,7 +290,7 @@ def summarise(folds: list[dict]) -> dict:
         for k in keys:
             vals = [f[section][k] for f in folds if section in f and f[section].get(k) is not None]
             if vals:
-                out[section][k] = mean_std(vals)
+                out[section][k] = {**mean_std(vals), **median_iqr(vals)}
     if not out["test_optimistic"]:
         del out["test_optimistic"]
     return out
@@ -273,7 +324,7 @@ def _run_fit(cfg: TrainConfig, console, ctx: DistContext) -> dict:
         if a.size and not np.any(a):
             raise UsageError("--area-unit sam-pixels but the store has no SAM-pixel areas (all 0)",
                              slide=cohort.slide_ids[0], path=cfg.store,
-                             fix="use the default --area-unit patch-fraction")
+                             fix="use the default --area-unit relative-size")
     if cfg.splits_dir:
         splits = read_clam_splits(cfg.splits_dir, cohort.slide_ids)
     else:
@@ -292,17 +343,24 @@ def _run_fit(cfg: TrainConfig, console, ctx: DistContext) -> dict:
     folds = []
     with (make_progress(cfg, len(splits), console) if ctx.is_main else NullProgress()) as progress:
         for s in splits:
-            folds.append(run_fold(cfg, cohort, s, int(in_dim), device, out / f"fold_{s.name}", progress, ctx=ctx))
+            folds.append(run_outer_fold(cfg, cohort, s, int(in_dim), device, out / f"fold_{s.name}", progress,
+                                        ctx=ctx))
             progress.end_fold(folds[-1])
+    for f, flags in zip(folds, fold_flags(folds)):
+        f["flags"] = flags
+    warnings = run_warnings(splits, cohort.y, cohort.slide_ids, cohort.case_ids, cfg.monitor, len(cohort.classes))
     results = {"config": cfg.to_dict(), "classes": cohort.classes, "n_slides": len(cohort.slide_ids),
                "excluded_slides": cohort.excluded,
                "class_counts": {c: int((cohort.y == i).sum()) for i, c in enumerate(cohort.classes)},
                "store_digest": zlib.crc32("\n".join(cohort.slide_ids).encode()), "resumed": resumed,
-               "folds": folds, "summary": summarise(folds), "wall_seconds": time.perf_counter() - t0,
+               "folds": folds, "summary": summarise(folds), "warnings": warnings,
+               "flagged_folds": [f["split"] for f in folds if f["flags"]], "wall_seconds": time.perf_counter() - t0,
                "distributed": {"world_size": ctx.world_size, "backend": ctx.backend},
                "notes": {"test": "threshold chosen on the validation split (honest)",
                          "test_optimistic": "threshold chosen on the test fold itself (optimistic; only for "
                                             "comparison with published numbers)"}}
+    if cfg.model == "sam-mil" and cfg.mask == "sam":
+        results["sg2m_ratio_spread"] = ratio_spread(open_store(cfg.store), cohort.slide_ids, cfg)
     if ctx.is_main:  # written once, by rank 0
         from trainer.run_files import pooled_test_auc_or_nan  # bootstrap 95 % interval over slides
 
