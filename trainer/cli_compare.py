@@ -47,7 +47,7 @@ def compare(runs, out, as_json, n_boot, seed):
     runs are paired; the table gives the mean of A - B, its percentile bootstrap interval and in how many
     folds A beats B; the pooled test AUC is compared on the same slides with a paired bootstrap.
     """
-    from clam2sam.store import jsonable
+    from clam2sam.jsonable import jsonable
     from trainer.compare import compare_runs, table_text
     from trainer.compare_page import write_compare
 

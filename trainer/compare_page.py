@@ -9,7 +9,7 @@ from trainer.compare import POOLED, fmt, forest_rows
 
 def write_compare(res: dict, out: str | Path) -> dict[str, Path]:
     """Write ``forest.png``, ``index.html`` and ``compare.json`` into ``out``; returns their paths."""
-    from clam2sam.store import jsonable
+    from clam2sam.jsonable import jsonable
     from trainer import report_html as H
     from trainer import report_plots as P
     from trainer.run_report import ci_text
