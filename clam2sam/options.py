@@ -52,10 +52,14 @@ skip_errors_option = click.option(
          "completed slides are kept either way).")
 
 overwrite_option = click.option(
-    "--overwrite", is_flag=True, help="Delete an existing store first (default: resume it).")
+    "--overwrite", is_flag=True,
+    help="Replace an existing clam2sam store (default: resume it). Only a store clam2sam wrote is replaced, and "
+         "only once the new run has its first slide; other files and folders are never deleted.")
 
 break_stale_lock_option = click.option(
-    "--break-stale-lock", is_flag=True, help="Clear a lock left behind by a conversion that no longer runs.")
+    "--break-stale-lock", is_flag=True,
+    help="Take over a store lock that cannot be verified: left by a process on another host, or on a file system "
+         "without flock (e.g. NFS mounted nolock). Not needed after a crash on this host: the lock dies with it.")
 
 membership_option = click.option(
     "--membership", type=click.Choice(schema.MEMBERSHIP_RULES), default=schema.MEMBERSHIP_PARTITION,
