@@ -14,6 +14,7 @@ import numpy as np
 
 from clam2sam import schema
 from clam2sam.checksums import describe_sources_async
+from clam2sam.coords_check import check_coords
 from clam2sam.discover import SlideFiles
 from clam2sam.errors import StoreError, UsageError
 from clam2sam.masks import MaskSet
@@ -152,6 +153,9 @@ def run_job(job: SlideJob, segment_provider: SegmentProvider | None = None) -> S
         warns.append(f"slide {sid!r}: {f.slide_path}: not readable by OpenSlide ({props['error']}); "
                      "mpp and level downsamples not taken from it")
     mpp = job.mpp or props.get("mpp") or job.default_mpp
+    # the coords themselves first: a bad coords file must not be blamed on the Segments pickle
+    check_coords(loaded.coords, sid, coords_path=loaded.coords_path,
+                 slide_dims=props.get("dimensions"), slide_path=f.slide_path)
 
     def level_ds(level: int) -> float | None:
         if level in job.level_downsamples:

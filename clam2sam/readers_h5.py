@@ -39,6 +39,7 @@ class LoadedSlide:
     warnings: list[str] = field(default_factory=list)
     sources: list[tuple[str, Path]] = field(default_factory=list)
     source_byte_order: str = "little"    # byte order of the source features (stored little-endian)
+    coords_path: Path | None = None      # the file the coords were read from (features h5 or patches h5)
 
 
 BYTE_ORDERS = {"<": "little", ">": "big", "|": "not applicable"}
@@ -250,6 +251,7 @@ def _read_slide_inputs(files: SlideFiles, *, layout: str, patch_size_level0: flo
             if "coords" in f:
                 coords = _read(f, "coords", files.features_h5, sid)
                 coords_from_h5 = True
+                out.coords_path = files.features_h5
                 coord_attrs = {k: _attr(v) for k, v in f["coords"].attrs.items()}
             if "imgs" in f:
                 out.layout = "clam-legacy"
@@ -312,6 +314,7 @@ def _read_slide_inputs(files: SlideFiles, *, layout: str, patch_size_level0: flo
             out.patch_info["imgs"] = {"shape": list(imgs[0]), **imgs[1]}
         if coords is None:
             coords = pcoords
+            out.coords_path = files.patches_h5
         else:
             patches_rows = pcoords
     if coords is None:

@@ -115,6 +115,7 @@ def _parse_segments(obj, path: Path, slide_id: str, level_downsample) -> MaskSet
                       dtype=np.int64).reshape(-1, 4)
     if H == 0 and records:
         raise SegmentsError("masks are empty images", slide=slide_id, path=path, fix=fix_regen)
+    check_bboxes(masks, bboxes, slide_id, path)
     geom = SamGeometry(start_x=int(info["start_x"]), start_y=int(info["start_y"]), total_downsample=D,
                        width=int(W), height=int(H), vis_level=vis_level, downsample_ratio=ratio,
                        level_downsample=float(lds),
@@ -124,6 +125,46 @@ def _parse_segments(obj, path: Path, slide_id: str, level_downsample) -> MaskSet
     prov = {"source": "sammil-pickle", "path": str(path),
             "image_info": {str(k): _plain(v) for k, v in info.items()}}
     return MaskSet(masks=masks, areas=areas, bboxes=bboxes, geometry=geom, records=extra, provenance=prov)
+
+
+BBOX_TOLERANCE = 1   # SAM pixels a recorded bbox may differ from its mask's pixels (SAM's are exact)
+
+
+def check_bboxes(masks: np.ndarray, bboxes: np.ndarray, slide_id: str, path: str | Path | None) -> None:
+    """Every mask's recorded XYWH bbox (``w = x_max - x_min``, as SAM writes it) must lie inside the mask image
+    and contain the mask's pixels: the ``reference`` membership rule only looks at patches inside the bbox, so
+    a wrong bbox would silently drop members (or the whole mask).
+
+    Args:
+        masks: ``(M, H, W)`` bool; bboxes: ``(M, 4)`` int64.
+
+    Raises:
+        SegmentsError: naming the slide, the pickle and the mask index (pickle element index + 1).
+    """
+    if masks.shape[0] == 0:
+        return
+    M, H, W = masks.shape
+    x, y, w, h = (bboxes[:, k] for k in range(4))
+    tol = BBOX_TOLERANCE
+    outside = (x < -tol) | (y < -tol) | (w < 0) | (h < 0) | (x + w > W + tol) | (y + h > H + tol)
+    cols, rows = masks.any(axis=1), masks.any(axis=2)          # (M, W), (M, H)
+    has = cols.any(axis=1)                                      # (M,) masks with pixels
+    x0 = np.where(has, cols.argmax(axis=1), 0)
+    x1 = np.where(has, W - 1 - cols[:, ::-1].argmax(axis=1), 0)
+    y0 = np.where(has, rows.argmax(axis=1), 0)
+    y1 = np.where(has, H - 1 - rows[:, ::-1].argmax(axis=1), 0)
+    misses = has & ((x0 < x - tol) | (y0 < y - tol) | (x1 > x + w + tol) | (y1 > y + h + tol))
+    bad = np.flatnonzero(outside | misses)
+    if bad.size == 0:
+        return
+    i = int(bad[0])
+    box = [int(v) for v in bboxes[i]]
+    where = (f"lies outside the mask image ({W}x{H} SAM px)" if outside[i] else
+             f"does not contain the mask's pixels (x {int(x0[i])}..{int(x1[i])}, y {int(y0[i])}..{int(y1[i])})")
+    raise SegmentsError(f"{bad.size} of {M} masks have a bad bbox: mask {i} (pickle element {i + 1}) has bbox "
+                        f"{box} (XYWH) that {where}", slide=slide_id, path=path,
+                        fix="the pickle is damaged or was edited: regenerate it with SAM-MIL's "
+                            "01_create_patches_and_sam_segment.py (or fix the 'bbox' of those masks)")
 
 
 def check_geometry(maskset: MaskSet, coords: np.ndarray, patch_size_level0: float, slide_id: str,
