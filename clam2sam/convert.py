@@ -198,13 +198,15 @@ def convert_cohort(options: ConvertOptions, segment_provider: SegmentProvider | 
         ids = [i for i in ids if i in wanted]
     if plist is not None:
         for sid in sorted(set(plist.rows) - set(disc.slides)):
-            report.warn(f"slide {sid!r} is listed in {plist.path} (status {plist.status(sid)}) but has no features")
+            why = (f"its feature file {disc.hidden[sid]} is hidden (name starts with '.') and was left out: rename it"
+                   if sid in disc.hidden else "has no features")
+            report.warn(f"slide {sid!r} is listed in {plist.path} (status {plist.status(sid)}) but {why}")
         for sid in [i for i in ids if i not in plist.rows]:
             report.skipped(sid, f"features present but not listed in {plist.path} (pass --no-process-list "
                                 "to convert it anyway)")
         ids = [i for i in ids if i in plist.rows]
     if labels is not None:
-        check_labels_match(labels, ids, o.dataset_csv, report)
+        check_labels_match(labels, ids, o.dataset_csv, report, hidden=disc.hidden)
 
     if not (o.dask_scheduler or o.dask_local):  # the disk starts on the first slides now
         first = [i for i in ids if i in disc.slides and i not in disc.duplicates

@@ -52,6 +52,7 @@ class Discovery:
     dirs: dict                                   # role -> folder or None
     slides: dict[str, SlideFiles]                # slide id -> files, sorted by id; only slides with features
     duplicates: dict[str, list[str]] = field(default_factory=dict)  # id -> clashing file paths
+    hidden: dict[str, Path] = field(default_factory=dict)  # id -> hidden feature file left out (".x.h5")
     encoder: str | None = None
     warnings: list[str] = field(default_factory=list)
 
@@ -81,7 +82,7 @@ def _trident_cfg(root: Path, encoder: str | None) -> tuple[Path, Path, str] | No
 
 
 def _index(folder: Path | None, exts: tuple[str, ...], *, patches_suffix: bool = False,
-           dups: dict | None = None, bad: list | None = None) -> dict[str, Path]:
+           dups: dict | None = None, bad: list | None = None, hidden: dict | None = None) -> dict[str, Path]:
     """Map normalised slide id -> file for the files in ``folder`` with one of ``exts``.
 
     Files whose name gives no slide id (e.g. `` .h5``) are left out and described in ``bad``."""
@@ -99,6 +100,11 @@ def _index(folder: Path | None, exts: tuple[str, ...], *, patches_suffix: bool =
             if bad is not None:
                 bad.append(f"{p}: left out: hidden file (its name starts with '.'); rename it without the leading "
                            "dot if it holds a slide's data")
+            if hidden is not None:
+                try:
+                    hidden.setdefault(normalise_slide_id(p.name, strip_patches_suffix=patches_suffix), p)
+                except InputFormatError:
+                    pass
             continue
         try:
             sid = normalise_slide_id(p.name, strip_patches_suffix=patches_suffix)
@@ -178,11 +184,12 @@ def discover(archive: str | Path, *, layout: str | None = None, features_dir: st
                            "or name the folders with --features-dir/--pt-dir/--patches-dir and --layout")
     dups: dict[str, list[str]] = {}
     bad: list[str] = []
+    hidden: dict[str, Path] = {}
     patches_suffix = found == "trident"
     idx = {
         "features_h5": _index(d["features_h5"], (".h5", ".hdf5"), dups=dups,
-                              patches_suffix=False, bad=bad),
-        "features_pt": _index(d["features_pt"], (".pt",), dups=dups, bad=bad),
+                              patches_suffix=False, bad=bad, hidden=hidden),
+        "features_pt": _index(d["features_pt"], (".pt",), dups=dups, bad=bad, hidden=hidden),
         "patches_h5": _index(d["patches_h5"], (".h5", ".hdf5"), patches_suffix=patches_suffix, bad=bad),
         "sam_info_h5": _index(d["sam_info_h5"], (".h5", ".hdf5"), bad=bad),
         "segments_pkl": _index(d["segments_pkl"], (".pkl",), dups=dups, bad=bad),
@@ -193,7 +200,7 @@ def discover(archive: str | Path, *, layout: str | None = None, features_dir: st
     for sid in ids:
         slides[sid] = SlideFiles(sid, **{r: idx[r].get(sid) for r in ROLES}, slide_path=slide_files.get(sid))
     disc = Discovery(root=root, layout=found, dirs=d, slides=slides, duplicates=dups, encoder=encoder,
-                     warnings=list(dict.fromkeys(bad)))
+                     warnings=list(dict.fromkeys(bad)), hidden={k: v for k, v in hidden.items() if k not in slides})
     if found in ("clam-fp", "clam-legacy", "sammil") and d["features_h5"] is not None and d["features_pt"] is None:
         disc.warnings.append(f"{root}: no pt_files/ folder: cannot tell whether feature extraction completed "
                              "(CLAM writes the .pt last)")

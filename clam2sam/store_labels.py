@@ -31,7 +31,8 @@ def case_clashes(labels: list[str | None]) -> list[str]:
             for vs in groups.values() if len(vs) > 1]
 
 
-def check_labels_match(labels: dict[str, dict], ids: list[str], csv_path: Path, report: Report) -> None:
+def check_labels_match(labels: dict[str, dict], ids: list[str], csv_path: Path, report: Report,
+                       hidden: dict[str, Path] | None = None) -> None:
     """Warn (with counts) about slides without a CSV row and CSV rows without a slide, and about labels that
     differ only in case.
 
@@ -49,7 +50,11 @@ def check_labels_match(labels: dict[str, dict], ids: list[str], csv_path: Path, 
                 "that belongs to this archive")
     extra = sorted(set(labels) - set(ids))
     for sid in extra:
-        report.warn(f"slide {sid!r} is in {csv_path} but has no features (or was not selected)")
+        if hidden and sid in hidden:
+            report.warn(f"slide {sid!r} is in {csv_path} but its feature file {hidden[sid]} is hidden (name starts "
+                        "with '.') and was left out: rename it")
+        else:
+            report.warn(f"slide {sid!r} is in {csv_path} but has no features (or was not selected)")
     missing = [s for s in ids if s not in labels]
     for sid in missing:
         report.warn(f"slide {sid!r} has no row in {csv_path}: label and case_id left empty")

@@ -133,8 +133,8 @@ def _flock_or_none(lock: Path, break_stale: bool) -> StoreLock | None:
             if not same:  # the holder released and removed the file between our open and our lock: retry
                 os.close(fd)
                 continue
-            with os.fdopen(os.dup(fd), "r+") as f:
-                info = _parse(f.read())
+            with os.fdopen(os.dup(fd), "rb+") as f:
+                info = _parse(f.read(1 << 16).decode("utf-8", "replace"))  # a record left by an earlier holder
                 if info and info.get("hostname") != socket.gethostname() and not break_stale:
                     raise StoreLockedError(
                         f"store lock was taken on another host and never released ({_holder(info)}); locks of "
@@ -142,7 +142,7 @@ def _flock_or_none(lock: Path, break_stale: bool) -> StoreLock | None:
                         path=lock, fix=BREAK_FIX)
                 f.seek(0)
                 f.truncate()
-                f.write(_payload())
+                f.write(_payload().encode())
                 f.flush()
             return StoreLock(lock, fd)
         except BaseException:

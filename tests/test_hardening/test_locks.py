@@ -118,12 +118,12 @@ def test_record_of_another_host_needs_the_flag(arch, tmp_path):
     assert open_store(out).slide_ids() == ["s0", "s1"] and not (out / LOCK_NAME).exists()
 
 
-@pytest.mark.parametrize("content", ["", "{not json", "[]"])
+@pytest.mark.parametrize("content", [b"", b"{not json", b"[]", b"\xff\xfe\x00garbage"])
 def test_unreadable_record_of_a_dead_run_is_taken_over(arch, tmp_path, content):
     """A writer killed between creating the lock file and writing it leaves an empty record; the OS lock is free."""
     out = tmp_path / "c.zarr"
     out.mkdir()
-    (out / LOCK_NAME).write_text(content)
+    (out / LOCK_NAME).write_bytes(content)
     rep = convert_cohort(ConvertOptions(archive=arch, out=out))
     assert rep.return_code == 0 and open_store(out).slide_ids() == ["s0", "s1"]
 

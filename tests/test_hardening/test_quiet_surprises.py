@@ -32,6 +32,14 @@ def test_hidden_feature_file_is_named_as_hidden(tmp_path):
     assert "rename" in hidden[0] and not any("no features" in w for w in rep.warnings)
     assert any("1 macOS metadata file(s) named '._*'" in w for w in rep.warnings), rep.warnings
     assert open_store(tmp_path / "c.zarr").slide_ids() == ["s0", "s1"]
+    # listed in the process list and the dataset CSV: those warnings name the hidden file, not "no features"
+    af.write_process_list(arch / "process_list_autogen.csv", ["s0.svs", "s1.svs", "..evil.svs"])
+    csv = tmp_path / "d.csv"
+    csv.write_text("case_id,slide_id,label\nc0,s0,a\nc1,s1,b\nc2,..evil,a\n")
+    rep = convert_cohort(ConvertOptions(archive=arch, out=tmp_path / "c2.zarr", dataset_csv=csv))
+    evil = [w for w in rep.warnings if "'..evil'" in w]
+    assert len(evil) == 2 and all("hidden" in w and "..evil.h5" in w and "rename it" in w for w in evil), evil
+    assert not any("no features" in w for w in rep.warnings), rep.warnings
 
 
 def test_unknown_slide_is_an_error_and_creates_no_store(arch, tmp_path):
