@@ -23,8 +23,6 @@ import os
 import socket
 from pathlib import Path
 
-from filelock import lock_descriptor, unlock_descriptor
-
 from clam2sam.errors import StoreLockedError
 
 LOCK_NAME = ".clam2sam.lock"
@@ -103,11 +101,23 @@ class StoreLock:
         finally:
             if self.fd is not None:
                 try:
-                    unlock_descriptor(self.fd)
+                    _filelock().unlock_descriptor(self.fd)
                 except OSError:
                     pass
                 os.close(self.fd)
                 self.fd = None
+
+
+def _filelock():
+    """The filelock package, imported when a lock is taken (~80 ms: not on the path of `inspect` or `--help`)."""
+    import filelock
+
+    return filelock
+
+
+def lock_descriptor(fd: int, *, blocking: bool) -> bool:
+    """``flock(fd, LOCK_EX[|LOCK_NB])`` through filelock; False when another open file holds it."""
+    return _filelock().lock_descriptor(fd, blocking=blocking)
 
 
 def _flock_or_none(lock: Path, break_stale: bool) -> StoreLock | None:
