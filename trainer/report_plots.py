@@ -57,7 +57,7 @@ def learning_curves(m: dict[str, np.ndarray], best_epoch: int | None, title: str
             ax.axvline(best_epoch, color="#7d3c98", ls=":", lw=1.5, label=f"selected epoch {best_epoch}")
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7, loc="best")
+            ax.legend(fontsize=7, loc="lower right" if ax is ax_a else "upper right")
     fig.suptitle(title, fontsize=10)
     return _save(fig, path)
 
@@ -164,6 +164,23 @@ def value_spread(series: dict[str, np.ndarray], xlabel: str, title: str, path: P
         ax.scatter(d, i + rng.uniform(-0.15, 0.15, len(d)), s=6, alpha=0.4, color=POS_COLOUR)
     ax.set_yticks(range(1, len(names) + 1), names)
     ax.set(xlabel=xlabel, title=title)
+    ax.grid(alpha=0.3, axis="x")
+    return _save(fig, path)
+
+
+def quantile_strip(quantiles: dict[float, float], xlabel: str, title: str, path: Path) -> Path:
+    """Recorded percentiles of a distribution (e.g. ``{10: 0.13, 50: 0.30, 90: 0.86}``) on a 0-1 axis."""
+    qs = sorted(quantiles)
+    fig = _figure(6.5, 1.9)
+    ax = fig.subplots()
+    vals = [quantiles[q] for q in qs]
+    ax.plot([vals[0], vals[-1]], [0, 0], color=POS_COLOUR, lw=6, alpha=0.35, solid_capstyle="butt")
+    for q, v in zip(qs, vals):
+        ax.plot([v], [0], "|" if q != 50 else "D", color=POS_COLOUR if q != 50 else POOLED_COLOUR, ms=16 if q != 50
+                else 8, mew=2)
+        ax.annotate(f"p{q:g} {v:.2f}", (v, 0), xytext=(0, 12), textcoords="offset points", ha="center", fontsize=8)
+    ax.set(xlim=(0, 1), ylim=(-1, 1.3), xlabel=xlabel, title=title)
+    ax.set_yticks([])
     ax.grid(alpha=0.3, axis="x")
     return _save(fig, path)
 

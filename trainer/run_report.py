@@ -7,6 +7,7 @@ report can be drawn for any finished run, on any machine, without torch.
 from __future__ import annotations
 
 import math
+import re
 import sys
 from pathlib import Path
 
@@ -84,7 +85,9 @@ def _summary_section(results: dict, pooled: dict, H) -> str:
     intro = (f"model <b>{H.esc(cfg.get('model', '?'))}</b>, {len(results['folds'])} folds, "
              f"{H.esc(results.get('n_slides', '?'))} slides {H.esc(results.get('class_counts', ''))}. Test figures "
              "use the threshold chosen on validation; figures in percent.")
-    return f"<p>{intro}</p>" + H.table(["figure", "mean ± std over folds / value", "more"], rows)
+    warn = "".join(f"<li>{H.esc(w)}</li>" for w in results.get("warnings") or [])
+    return (f"<p>{intro}</p>" + H.table(["figure", "mean ± std over folds / value", "more"], rows)
+            + (f"<p><b>Notes from the run</b></p><ul>{warn}</ul>" if warn else ""))
 
 
 def _folds_section(results: dict, H) -> str:
@@ -170,9 +173,15 @@ def write_report(run: str | Path, out: str | Path | None = None, n_boot: int | N
     if spread:
         series, scalars = _series(spread if len(spread) > 1 else next(iter(spread.values())))
         body = ""
+        quantiles = {float(m.group(1)): float(v) for k, v in scalars.items()
+                     if (m := re.fullmatch(r"p(\d+(?:\.\d+)?)", k)) and isinstance(v, (int, float))}
         if series:
             p = P.value_spread(series, "mask ratio", "SG2M mask ratios across segments", out / "sg2m_ratios.png")
             body += H.img(p, "SG2M mask ratio of each segment (box: quartiles)")
+        elif len(quantiles) >= 2:
+            p = P.quantile_strip(quantiles, "mask ratio", "SG2M mask ratio across segments: percentiles",
+                                 out / "sg2m_ratios.png")
+            body += H.img(p, "percentiles of the SG2M mask ratio over the cohort's segments")
         if scalars:
             body += H.table(["statistic", "value"], [[k, f"{v:.4g}" if isinstance(v, float) else v]
                                                      for k, v in scalars.items()])

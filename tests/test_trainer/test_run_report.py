@@ -135,3 +135,18 @@ def test_fit_writes_report_and_pooled_interval_and_a_plot_failure_only_warns(syn
     for n in ("learning_r0_f0.png", "learning_r0_f1.png", "roc_pr.png", "confusion.png", "probabilities.png"):
         assert_picture(d / n)
     assert "<h2>Learning curves</h2>" in (d / "index.html").read_text()
+
+
+def test_recorded_percentiles_and_run_warnings_are_shown(tmp_path):
+    """results.json as fit writes it: SG2M spread as percentiles, run-level warnings, per-fold flag lists."""
+    spread = {"n_segments": 374, "p10": 0.135, "p50": 0.302, "p90": 0.856, "share_above_0.8": 0.168,
+              "area_unit": "relative-size"}
+    run = make_fake_run(tmp_path / "s", seed=7, folds=2, model="sam-mil", flags={"r0_f0": []},
+                        extra={"sg2m_ratio_spread": spread,
+                               "warnings": ["2 of 2 validation splits hold fewer than 10 slides of a class"]})
+    page = write_report(run, n_boot=200).read_text()
+    assert_picture(run / "report" / "sg2m_ratios.png", min_bytes=3000)
+    assert "<li>2 of 2 validation splits hold fewer than 10 slides of a class</li>" in page
+    assert '<tr class="flag">' not in page  # an empty flag list is no flag
+    for k in ("p10", "0.302", "share_above_0.8", "relative-size"):
+        assert k in page
