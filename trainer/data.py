@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from clam2sam.errors import StoreError, TrainError, UsageError
+from clam2sam.errors import Clam2SamError, StoreError, TrainError, UsageError
 from clam2sam import schema
 from clam2sam.ids import key_to_slide_id, normalise_slide_id
 from clam2sam.store import list_slide_keys, open_store
@@ -123,7 +123,10 @@ def read_labels_csv(path: str | Path) -> dict[str, tuple[str, str | None]]:
     for i, r in enumerate(rows, start=2):
         if len(r) <= max(sid_col, lab_col):
             raise UsageError(f"line {i}: expected slide_id,label", path=path)
-        sid = normalise_slide_id(r[sid_col])
+        try:
+            sid = normalise_slide_id(r[sid_col])
+        except Clam2SamError as e:          # empty / unusable id cell: name the file and the line
+            raise UsageError(f"line {i}: {e.message}", path=path, fix="give every row a slide id") from e
         case = r[case_col].strip() if case_col is not None and case_col < len(r) and r[case_col].strip() else None
         out[sid] = (r[lab_col].strip(), case)
     return out

@@ -1,9 +1,13 @@
 """Property-based fuzzing of every reader: random and mutated h5 files, pickles, CSVs and stores.
 
 Every outcome must be success or the project's own error (a Clam2SamError subclass with a message) -- never
-another exception, a hang, or an incomplete slide left in a store. Bounded in CI; for a campaign:
+another exception, a hang, or an incomplete slide left in a store. Store properties are stronger: a single
+flipped bit anywhere in a shard is always detected, and the store's own writer/reader agree with zarr on any
+array. Every test is marked ``fuzz``; plain ``pytest`` runs a small CI share of each property, the nightly job
+runs every property at its nightly count (at least 10,000 generated inputs in all)::
 
-    HYPOTHESIS_PROFILE=long pytest tests/test_hardening/test_fuzz.py --hypothesis-show-statistics
+    pytest -m fuzz tests/test_hardening/test_fuzz.py --hypothesis-show-statistics    # nightly size
+    HYPOTHESIS_PROFILE=long pytest tests/test_hardening/test_fuzz.py                 # a longer campaign
 """
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+import pytest
 from hypothesis import given, strategies as st
 
 from clam2sam.convert import ConvertOptions, convert_cohort
@@ -33,6 +38,7 @@ from ..test_clam2sam import archive_factory as af
 from .conftest import fuzz_settings
 
 HANG_S = 20  # one input taking longer than this is a hang
+pytestmark = pytest.mark.fuzz
 
 
 @contextlib.contextmanager
@@ -120,7 +126,7 @@ def _check_loaded(ls):
     assert np.isfinite(ls.features).all()
 
 
-@fuzz_settings(80)
+@fuzz_settings(80, 1000)
 @given(which=st.sampled_from(["h5", "pt", "patches"]), ops=mutations, n=st.integers(0, 10**6))
 def test_fuzz_mutated_slide_files(which, ops, n):
     blobs = dict(VALID)
@@ -165,7 +171,7 @@ def _write_h5(path: Path, ds: dict):
                 d.attrs[k] = np.asarray(v) if isinstance(v, list) else v
 
 
-@fuzz_settings(80)
+@fuzz_settings(80, 1000)
 @given(feat=h5_contents(), patches=st.one_of(st.none(), h5_contents()), n=st.integers(0, 10**6),
        legacy=st.sampled_from([None, 2.0]), ps=st.sampled_from([None, 64.0]))
 def test_fuzz_random_h5_structures(feat, patches, n, legacy, ps):
@@ -186,7 +192,7 @@ def test_fuzz_random_h5_structures(feat, patches, n, legacy, ps):
 
 # ------------------------------------------------------------------------------------------ pickles
 
-@fuzz_settings(100)
+@fuzz_settings(100, 1000)
 @given(ops=mutations)
 def test_fuzz_mutated_segments_pickle(ops):
     p = _TMP / "m.pkl"
@@ -229,7 +235,7 @@ def segments_lists(draw):
     return [info, *recs] if draw(st.integers(0, 9)) else draw(st.one_of(_VAL, st.just(recs)))
 
 
-@fuzz_settings(100)
+@fuzz_settings(100, 1000)
 @given(seg=segments_lists(), lds=st.sampled_from([None, 1.0, 2.0, 0.5]))
 def test_fuzz_structured_segments(seg, lds):
     p = _TMP / "s.pkl"
@@ -246,7 +252,7 @@ _OPS = [b"(", b".", b"0", b"1", b"2", b"N", b"]", b"}", b")", b"t", b"l", b"d", 
         b"cbuiltins\nlist\n", b"cos\nsystem\n", b"\x80\x04", b"\x80\x02", b"V\xff\n", b"I12345678901234567890\n"]
 
 
-@fuzz_settings(100)
+@fuzz_settings(100, 1500)
 @given(ops=st.lists(st.sampled_from(_OPS), max_size=30), head=st.booleans())
 def test_fuzz_random_pickle_opcodes(ops, head):
     data = (b"\x80\x04" if head else b"") + b"".join(ops) + b"."
@@ -258,7 +264,7 @@ def test_fuzz_random_pickle_opcodes(ops, head):
     outcome(load_segments_pickle, p, "s", 2.0)
 
 
-@fuzz_settings(60)
+@fuzz_settings(60, 500)
 @given(ops=mutations)
 def test_fuzz_mutated_pt(ops):
     p = _TMP / "m.pt"
@@ -285,7 +291,7 @@ def csv_texts(draw):
     return text.encode(draw(st.sampled_from(["utf-8", "utf-8-sig", "utf-16", "latin-1"])), errors="replace")
 
 
-@fuzz_settings(100)
+@fuzz_settings(100, 1200)
 @given(data=csv_texts())
 def test_fuzz_csvs(data):
     p = _TMP / "x.csv"
@@ -325,7 +331,7 @@ def _read_everything(path: Path):
         assert s.features.ndim == 2 and s.coords.shape == (s.n_patches, 2)
 
 
-@fuzz_settings(100)
+@fuzz_settings(100, 800)
 @given(target=st.sampled_from(STORE_FILES), ops=mutations, n=st.integers(0, 10**6))
 def test_fuzz_corrupt_store(target, ops, n):
     path = _TMP / f"st{n}.zarr"
@@ -342,7 +348,7 @@ def test_fuzz_corrupt_store(target, ops, n):
         shutil.rmtree(path, ignore_errors=True)
 
 
-@fuzz_settings(30)
+@fuzz_settings(30, 100)
 @given(ops=mutations, n=st.integers(0, 10**6))
 def test_fuzz_cohort_never_leaves_partial_slides(ops, n):
     """A mutated feature h5 in a cohort: that slide converts or fails; no incomplete slide is left behind."""
@@ -361,3 +367,122 @@ def test_fuzz_cohort_never_leaves_partial_slides(ops, n):
         reason = rep.by_status("failed")[0].reason
         assert "slide 's1'" in reason and "s1.h5" in reason, reason
     shutil.rmtree(root, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------------------ store: per-chunk CRC
+
+SHARDS = [f for f in STORE_FILES if "/c/" in f]      # the shard files of every array of both slides
+
+
+@fuzz_settings(60, 1000)
+@given(target=st.sampled_from(SHARDS), where=st.floats(0, 1, exclude_max=True), bit=st.integers(0, 7))
+def test_fuzz_any_flipped_bit_in_a_shard_is_detected(target, where, bit):
+    """One flipped bit anywhere in any shard (chunk bytes, chunk CRC, index, index CRC) is an error naming the
+    slide and array -- never a silently changed value."""
+    f = VALID_STORE / target
+    good = f.read_bytes()
+    bad = bytearray(good)
+    bad[int(where * len(bad))] ^= 1 << bit
+    sid, name = target.split("/")[1], target.split("/")[2]
+    try:
+        f.write_bytes(bytes(bad))
+        got = outcome(open_store(VALID_STORE).read_array, sid, name)
+        assert isinstance(got, Clam2SamError), f"flip at {int(where * len(bad))} of {target} not detected"
+        assert got.slide == sid and repr(name) in got.message, got
+    finally:
+        f.write_bytes(good)
+
+
+_ARRAY_DTYPES = st.sampled_from(["float16", "float32", "float64", "int32", "int64", ">f4", ">i8", "uint8"])
+
+
+@fuzz_settings(40, 800)
+@given(n=st.integers(0, 700), cols=st.lists(st.integers(1, 9), max_size=2), dtype=_ARRAY_DTYPES,
+       rows_log=st.integers(0, 9), codec=st.sampled_from(["lz4", "zstd", "none"]), checksum=st.booleans(),
+       threads=st.sampled_from([1, 2]), seed=st.integers(0, 2**32 - 1))
+def test_fuzz_store_writer_and_reader_agree_with_zarr(n, cols, dtype, rows_log, codec, checksum, threads, seed):
+    """Any array the store's writer writes reads back exactly, through the store's reader and through zarr."""
+    import zarr
+
+    from clam2sam.fast_read import read_whole_array
+    from clam2sam.fast_write import write_array
+
+    shape = (n, *cols)
+    rng = np.random.default_rng(seed)
+    dt = np.dtype(dtype)
+    x = (rng.normal(size=shape) * 1000).astype(dt) if dt.kind == "f" else rng.integers(0, 200, shape).astype(dt)
+    if n and rng.random() < 0.3:
+        x[: rng.integers(0, n + 1)] = 0                          # runs of fill values
+    rows = 1 << rows_log
+    shard_rows = max(rows, -(-n // rows) * rows)
+    adir = _TMP / f"rt{seed}"
+    try:
+        write_array(adir, x, rows=rows, shard_rows=shard_rows, codec=codec, clevel=3, checksum=checksum)
+        want = x.astype(dt.newbyteorder("="))
+        got = read_whole_array(adir, threads=threads, missing_shard="error")
+        assert got is not None and got.dtype == want.dtype and got.shape == shape
+        np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(zarr.open_array(str(adir), mode="r")[...], want)
+    finally:
+        shutil.rmtree(adir, ignore_errors=True)
+
+
+@fuzz_settings(20, 300)
+@given(target=st.sampled_from(STORE_FILES), ops=mutations, n=st.integers(0, 10**6))
+def test_fuzz_check_never_raises(target, ops, n):
+    """``inspect --check`` reports a damaged store as problems (a mutated shard always is one); it never raises."""
+    from clam2sam.check import check_store
+
+    path = _TMP / f"ck{n}.zarr"
+    shutil.rmtree(path, ignore_errors=True)
+    shutil.copytree(VALID_STORE, path)
+    f = path / target
+    before = f.read_bytes()
+    after = mutate(before, ops)
+    f.write_bytes(after)
+    try:
+        with no_hang():
+            res = check_store(path, verify_sources=False)
+        if "/c/" in target and after != before:
+            assert not res.ok, f"{target}: damaged shard passed the check"
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------------------ samtrain labels CSV
+
+@fuzz_settings(60, 1000)
+@given(data=csv_texts())
+def test_fuzz_labels_csv(data):
+    pytest.importorskip("torch")
+    from trainer.data import read_labels_csv
+
+    p = _TMP / "labels.csv"
+    p.write_bytes(data)
+    got = outcome(read_labels_csv, p)
+    if not isinstance(got, Clam2SamError):
+        assert all(isinstance(k, str) and isinstance(v[0], str) for k, v in got.items())
+    else:
+        assert got.path, got
+
+
+# ------------------------------------------------------------------------------------------ mask bboxes
+
+@fuzz_settings(40, 600)
+@given(bboxes=st.lists(st.lists(st.integers(-40, 60), min_size=4, max_size=4), min_size=2, max_size=2))
+def test_fuzz_mask_bboxes(bboxes):
+    """A Segments pickle's bboxes either contain their masks inside the image, or the pickle is refused."""
+    seg = pickle.loads(VALID_PKL)
+    for r, b in zip(seg[1:], bboxes):
+        r["bbox"] = b
+    p = _TMP / "bb.pkl"
+    p.write_bytes(pickle.dumps(seg))
+    ms = outcome(load_segments_pickle, p, "s", 2.0)
+    if isinstance(ms, Clam2SamError):
+        assert "bbox" in ms.message and "mask" in ms.message, ms
+        return
+    _, H, W = ms.masks.shape
+    for m, (x, y, w, h) in enumerate(ms.bboxes.tolist()):
+        ys, xs = np.nonzero(ms.masks[m])
+        assert -1 <= x and -1 <= y and w >= 0 and h >= 0 and x + w <= W + 1 and y + h <= H + 1
+        assert xs.min() >= x - 1 and ys.min() >= y - 1 and xs.max() <= x + w + 1 and ys.max() <= y + h + 1
