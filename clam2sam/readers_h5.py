@@ -153,7 +153,13 @@ def pt_rows_direct(path: Path, pt: np.ndarray, rows: list[int]) -> np.ndarray | 
 
 
 def _peek_pt(path: Path, slide: str) -> np.ndarray:
-    """A .pt's array, memory-mapped when it is a plain tensor (cheap shape + sample checks)."""
+    """A .pt's array, memory-mapped when it is a plain tensor (cheap shape + sample checks); CLAM's plain
+    tensors are mapped without importing torch (:mod:`clam2sam.pt_header`), anything else goes through torch."""
+    from clam2sam.pt_header import map_plain_tensor
+
+    mapped = map_plain_tensor(path)
+    if mapped is not None:
+        return mapped
     import torch
 
     try:
