@@ -6,9 +6,13 @@ SIGKILL (no cleanup, no ``finally``, exactly like ``kill -9`` or the OOM killer)
 sends that signal instead (Ctrl-C / a polite kill at exactly that point). Without the variable every call
 is a dictionary lookup that returns at once.
 
-Points (where :mod:`clam2sam.store` calls :func:`maybe_die`):
+Points of ``clam2sam convert`` (where :mod:`clam2sam.store` and :mod:`clam2sam.fast_write` call
+:func:`maybe_die`):
 
 * ``init``: the store's root group exists but its attributes are not written yet (first run only).
+* ``json``: a metadata file of a slide is written (``clam2sam.fast_write.write_json``) but not yet renamed
+  into place (the group's) or followed by its array's shard (an array's).
+* ``chunk``: an inner chunk of a shard is written, the shard's index is not (a shard cut short).
 * ``features``: a slide's ``features`` array is created but its data are not written yet.
 * ``array``: after each array of a slide group is written (between arrays).
 * ``complete``: a slide's arrays and attrs are written, its ``complete`` mark is not.

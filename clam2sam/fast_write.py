@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from clam2sam._testhooks import maybe_die
 from clam2sam.threads import ProcessPool, env_threads, usable_cpus
 
 _EMPTY = 2**64 - 1
@@ -100,6 +101,7 @@ def write_json(path: Path, obj: dict, *, atomic: bool = True) -> None:
     tmp = path.with_name(path.name + f".tmp{os.getpid()}") if atomic else path
     with _create(tmp) as f:
         f.write(json.dumps(obj, indent=2, allow_nan=False).encode())
+    maybe_die("json")                                    # test hook: written, not yet renamed into place
     if atomic:
         os.replace(tmp, path)
 
@@ -155,6 +157,7 @@ def write_array(array_dir: str | os.PathLike, data: np.ndarray, *, rows: int, sh
                 size += len(part)
             index[k] = (offset, size)
             offset += size
+            maybe_die("chunk")                           # test hook: a shard without its index yet
 
         if n_inner == 1 or data.nbytes < SMALL_BYTES or encode_threads() == 1:
             for k in range(n_inner):

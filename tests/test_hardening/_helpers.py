@@ -50,6 +50,20 @@ def store_snapshot(path: Path) -> dict:
     return {"root": root, "slides": slides, "incomplete": r.incomplete_slide_ids()}
 
 
+NOT_STORE_FILES = {"zarr.json", "convert_report.json"}   # root metadata (timestamps: compared via attrs), report
+
+
+def store_file_digests(path: Path) -> dict[str, str]:
+    """sha256 of every file of the store except the root metadata and the report: two runs over the same
+    inputs must give byte-identical slide files (no leftover temporary or half-written file either)."""
+    import hashlib
+
+    path = Path(path)
+    return {str(f.relative_to(path)): hashlib.sha256(f.read_bytes()).hexdigest()
+            for f in sorted(path.rglob("*")) if f.is_file() and str(f.relative_to(path)) not in NOT_STORE_FILES
+            and not f.name.startswith(".")}
+
+
 def assert_same_store(got: dict, ref: dict) -> None:
     assert got["root"] == ref["root"]
     assert sorted(got["slides"]) == sorted(ref["slides"])

@@ -1,4 +1,5 @@
-"""`clam2sam convert` killed with SIGKILL at deterministic points (clam2sam._testhooks) resumes to the same store."""
+"""`clam2sam convert` killed with SIGKILL at every kind of write point (clam2sam._testhooks) resumes, with the same
+command and no flag, to a store whose slide files are byte-identical to an uninterrupted run's."""
 from __future__ import annotations
 
 import signal
@@ -11,11 +12,15 @@ from clam2sam.store import open_store
 from clam2sam.store_lock import LOCK_NAME, read_lock
 
 from ..test_clam2sam import archive_factory as af
-from ._helpers import REPO, assert_same_store, clam2sam_cmd, cli_env, cohort, consolidated_ok, store_snapshot
+from ._helpers import (REPO, assert_same_store, clam2sam_cmd, cli_env, cohort, consolidated_ok, store_file_digests,
+                       store_snapshot)
 
-# 11 arrays per slide, 3 slides: array:5 = slide s0 between arrays, array:14 = s1 after its 3rd array.
-# written:3 = every slide complete, root attrs (feature_dim, dtype) not yet recorded.
-KILL_POINTS = ["init:1", "features:2", "array:5", "array:14", "complete:3", "written:3", "consolidate:1"]
+# 11 arrays per slide, 3 slides, one inner chunk per array. array:5 = slide s0 between arrays, array:14 = s1
+# after its 3rd array; json:1 = s0's group metadata written, not renamed; json:13 = s0's completion mark written,
+# not renamed; chunk:3 / chunk:20 = a shard cut short (s0's 3rd array, s1's 9th); written:3 = every slide
+# complete, root attrs (feature_dim, dtype) not yet recorded; consolidate:1 = before the final metadata.
+KILL_POINTS = ["init:1", "json:1", "features:2", "chunk:3", "array:5", "json:13", "array:14", "chunk:20",
+               "complete:3", "written:3", "consolidate:1"]
 
 
 @pytest.fixture(scope="module")
@@ -28,8 +33,15 @@ def archive(tmp_path_factory):
     return root, store_snapshot(ref)
 
 
-def test_sigkill_at_each_point_then_resume_equals_uninterrupted(archive):
+@pytest.fixture(scope="module")
+def ref_files(archive):
+    root, _ = archive
+    return store_file_digests(root / "ref.zarr")
+
+
+def test_sigkill_at_each_point_then_resume_equals_uninterrupted(archive, ref_files):
     root, ref = archive
+    assert len({p.split(":")[0] for p in KILL_POINTS}) >= 6
     arch = root / "arch"
     before = af.file_hashes(arch)
     procs = {}
@@ -53,6 +65,7 @@ def test_sigkill_at_each_point_then_resume_equals_uninterrupted(archive):
         assert rep.return_code == 0 and rep.counts()["failed"] == 0, (point, rep.to_dict())
         assert not (out / LOCK_NAME).exists()
         assert_same_store(store_snapshot(out), ref)
+        assert store_file_digests(out) == ref_files, point       # byte-identical slide files, nothing left over
         assert consolidated_ok(out), point
     assert af.file_hashes(arch) == before  # sources byte-identical (size + sha256 of every file)
 
