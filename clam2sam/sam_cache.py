@@ -32,8 +32,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import zarr
-from zarr.codecs import BloscCodec, BloscShuffle
 
 from clam2sam.errors import StoreError
 from clam2sam.ids import slide_key
@@ -190,7 +188,9 @@ def slide_cache_path(cache_dir: str | os.PathLike, slide_id: str) -> Path:
 
 # ------------------------------------------------------------------------------------------ read/write
 
-def _compressor() -> BloscCodec:
+def _compressor():
+    from zarr.codecs import BloscCodec, BloscShuffle   # zarr only where the cache is read or written
+
     return BloscCodec(cname="zstd", clevel=5, shuffle=BloscShuffle.shuffle)
 
 
@@ -201,6 +201,8 @@ def write_cache(cache_dir: str | os.PathLike, slide_id: str, em: EncodedMasks, *
     tmp = gdir.with_name(gdir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.parent.mkdir(parents=True, exist_ok=True)
+    import zarr
+
     em = em.compacted()
     g = zarr.open_group(str(tmp), mode="w")
     arrays = {"mask_data": em.data, "mask_offsets": em.offsets, **{n: getattr(em, n) for n in _ARRAYS}}
@@ -251,6 +253,8 @@ def read_cache(cache_dir: str | os.PathLike, slide_id: str) -> tuple[EncodedMask
     if attrs is None:
         raise StoreError("no complete SAM cache entry for this slide", slide=slide_id, path=gdir,
                          fix="run `clam2sam convert ... --sam-checkpoint PATH` to compute it")
+    import zarr
+
     try:
         g = zarr.open_group(str(gdir), mode="r")
         a = {n: g[n][...] for n in ("mask_data", "mask_offsets") + _ARRAYS}
