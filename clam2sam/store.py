@@ -89,8 +89,9 @@ class StoreWriter:
         feature_dim, feature_dtype: fixed on first use; every slide must match.
         encoder: encoder name if known.
         membership: rule name recorded at the root.
-        overwrite: replace an existing clam2sam store (set aside until the first slide is written; see
-            :mod:`clam2sam.store_overwrite`). A file or a folder that is not a clam2sam store is never deleted.
+        overwrite: replace an existing clam2sam store: it is set aside until the first slide is written or
+            :meth:`finalize` is called, and put back by :meth:`close` otherwise (see :mod:`clam2sam.store_overwrite`).
+            A file or a folder that is not a clam2sam store is never deleted.
         lock: take the store's write lock (workers writing single slides for a client pass False).
         break_stale_lock: take over a lock that cannot be verified (see :mod:`clam2sam.store_lock`).
         codec: Blosc inner codec: "lz4" (default: fast to write and to read), "zstd" (a few % smaller, slower)
@@ -130,7 +131,6 @@ class StoreWriter:
         try:
             if (self.path / "zarr.json").exists():
                 try:
-                    self.root = zarr.open_group(str(self.path), mode="r+", use_consolidated=False)
                     a = dict(self.root.attrs)
                     self.root.require_group(schema.SLIDES_GROUP)  # also after a crash right after creation
                 except Exception as e:  # noqa: BLE001 - damaged root metadata (zarr raises many types)
@@ -146,7 +146,6 @@ class StoreWriter:
                                      f"{membership!r}", path=self.path, fix="use --overwrite or another --out")
             else:
                 # root + its attrs in one (atomic) write: a crash here leaves no attr-less root behind
-                self.root = zarr.open_group(str(self.path), mode="a", attributes={
                     "schema_version": schema.SCHEMA_VERSION, "tool": "clam2sam", "tool_version": __version__,
                     "feature_dim": None, "feature_dtype": None, "encoder": encoder, "membership": membership,
                     "created": _dt.datetime.now(_dt.timezone.utc).isoformat(), "n_slides": 0,
@@ -227,6 +226,7 @@ class StoreWriter:
             StoreError: the metadata cannot be written (disk full, ...) or the root metadata is damaged; the
                 store stays readable.
         """
+        self.commit_overwrite()  # the caller finishes the new store (even empty): the one set aside goes
         try:
             with deferred_sigint():
                 keys = list_slide_keys(self.path, complete_only=True)
