@@ -131,6 +131,7 @@ class StoreWriter:
         try:
             if (self.path / "zarr.json").exists():
                 try:
+                    self.root = zarr.open_group(str(self.path), mode="r+", use_consolidated=False)
                     a = dict(self.root.attrs)
                     self.root.require_group(schema.SLIDES_GROUP)  # also after a crash right after creation
                 except Exception as e:  # noqa: BLE001 - damaged root metadata (zarr raises many types)
@@ -146,6 +147,7 @@ class StoreWriter:
                                      f"{membership!r}", path=self.path, fix="use --overwrite or another --out")
             else:
                 # root + its attrs in one (atomic) write: a crash here leaves no attr-less root behind
+                self.root = zarr.open_group(str(self.path), mode="a", attributes={
                     "schema_version": schema.SCHEMA_VERSION, "tool": "clam2sam", "tool_version": __version__,
                     "feature_dim": None, "feature_dtype": None, "encoder": encoder, "membership": membership,
                     "created": _dt.datetime.now(_dt.timezone.utc).isoformat(), "n_slides": 0,
