@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 # (file, section title in the README)
 PARTS = [
-    ("convert.md", None), ("sam.md", None), ("inspect.md", None), ("trainer.md", None),
+    ("convert.md", None), ("sam.md", None), ("inspect.md", None), ("trainer.md", None), ("report.md", None),
     ("baselines.md", None), ("cluster.md", None), ("failure-modes.md", None), ("fixtures.md", None),
 ]
 

@@ -23,6 +23,7 @@ from trainer.run_files import load_results, load_splits, pooled_predictions
 METRICS = [("test AUC", "test", "auc"), ("test acc", "test", "acc"), ("test F1", "test", "f1"),
            ("test bal. acc", "test", "bal_acc"), ("val AUC", "val", "auc")]
 POOLED = "test AUC (pooled)"
+SPLIT_SETTINGS = ("seed", "folds", "repeats", "val_frac", "splits_dir")  # named when they differ
 _SHOW = 4  # slide ids named in a refusal
 
 
@@ -56,7 +57,7 @@ def split_differences(a: Run, b: Run) -> list[str]:
     if only_b:
         diffs.append(f"folds only in {b.name}: {', '.join(only_b)}")
     for name in sorted(set(sa) & set(sb)):
-        for part in ("train", "val", "test"):
+        for part in ("test", "val", "train"):
             xa, xb = set(map(str, sa[name][part])), set(map(str, sb[name][part]))
             if xa != xb:
                 msg = f"fold {name} {part}:"
@@ -74,8 +75,11 @@ def check_same_splits(runs: list[Run]) -> None:
     for r in runs[1:]:
         d = split_differences(ref, r)
         if d:
-            shown = "; ".join(d[:6]) + (f"; ... ({len(d)} differences)" if len(d) > 6 else "")
-            raise UsageError(f"runs {ref.name} and {r.name} were not trained on the same splits: {shown}",
+            ca, cb = ref.results.get("config", {}), r.results.get("config", {})
+            causes = [f"{k} {ca.get(k)} vs {cb.get(k)}" for k in SPLIT_SETTINGS if ca.get(k) != cb.get(k)]
+            shown = "; ".join(d[:3]) + (f"; ... ({len(d)} differences in all)" if len(d) > 3 else "")
+            raise UsageError(f"runs {ref.name} and {r.name} were not trained on the same splits"
+                             + (f" ({', '.join(causes)})" if causes else "") + f": {shown}",
                              path=r.path, fix="train both on the same store with the same --seed, --folds, --repeats "
                                               "and --val-frac (or the same --splits directory), then compare")
 

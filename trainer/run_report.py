@@ -19,6 +19,8 @@ HEADINGS = {"summary": "Summary", "folds": "Folds", "learning": "Learning curves
             "confusion": "Confusion matrix", "probs": "Predicted probabilities", "sg2m": "SG2M mask ratios",
             "config": "Configuration"}
 BAND_BOOT = 500
+METRIC_NAMES = {"auc": "AUC", "acc": "accuracy", "f1": "F1", "bal_acc": "balanced accuracy"}
+SECTION_NAMES = {"test": "test", "val": "validation", "test_optimistic": "OPTIMISTIC (test-fold threshold)"}
 
 
 def _pct(v) -> str:
@@ -77,7 +79,8 @@ def _summary_section(results: dict, pooled: dict, H) -> str:
             if isinstance(v, dict) and "mean" in v:
                 extra = ", ".join(f"{kk} {_pct(vv) if kk != 'n' else vv}" for kk, vv in v.items()
                                   if kk not in ("mean", "std") and isinstance(vv, (int, float)))
-                rows.append([f"{section} {k}", f"{_pct(v['mean'])} ± {_pct(v.get('std'))}", extra])
+                rows.append([f"{SECTION_NAMES.get(section, section)} {METRIC_NAMES.get(k, k)}",
+                             f"{_pct(v['mean'])} ± {_pct(v.get('std'))}", extra])
     rows.append(["test AUC, pooled over folds", ci_text(pooled),
                  f"95 % bootstrap interval, {pooled.get('n_boot', '?')} resamples of {pooled.get('n_slides', '?')} "
                  f"slides ({pooled.get('n_rows', '?')} test predictions)"])

@@ -73,7 +73,7 @@ def test_mismatched_splits_refused_naming_fold_and_slides(tmp_path, runs):
     with pytest.raises(UsageError) as e:
         compare_runs([a, other])
     msg = str(e.value)
-    assert "good and other_seed were not trained on the same splits" in msg
+    assert "good and other_seed were not trained on the same splits (seed 0 vs 9)" in msg
     assert "fold r0_f0 test:" in msg and "slides only in good (slide_" in msg and "--seed" in msg
 
 
