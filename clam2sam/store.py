@@ -35,6 +35,7 @@ from clam2sam.slide_arrays import SlideArrays
 from clam2sam.store_lock import LOCK_NAME, StoreLock, acquire_lock, lock_is_stale, read_lock
 from clam2sam.store_overwrite import (ASIDE_NAME, KEEP_ON_OVERWRITE, check_output, discard_aside, recover,
                                       restore_aside, set_aside)
+from clam2sam.store_root import JsonGroup
 
 __all__ = ["SlideArrays", "StoreWriter", "StoreReader", "open_store", "write_slide_group", "list_slide_keys",
            "acquire_lock", "read_lock", "lock_is_stale", "LOCK_NAME", "slide_is_complete", "CODECS",
@@ -103,8 +104,6 @@ class StoreWriter:
                  feature_dtype: str | None = None, encoder: str | None = None,
                  membership: str = schema.MEMBERSHIP_PARTITION, overwrite: bool = False, lock: bool = True,
                  break_stale_lock: bool = False, clevel: int | None = None, codec: str = DEFAULT_CODEC):
-        import zarr
-
         from clam2sam import __version__
 
         self.path = Path(path)
@@ -131,7 +130,7 @@ class StoreWriter:
         try:
             if (self.path / "zarr.json").exists():
                 try:
-                    self.root = zarr.open_group(str(self.path), mode="r+", use_consolidated=False)
+                    self.root = JsonGroup.open(self.path)   # zarr only for unusual / damaged metadata
                     a = dict(self.root.attrs)
                     self.root.require_group(schema.SLIDES_GROUP)  # also after a crash right after creation
                 except Exception as e:  # noqa: BLE001 - damaged root metadata (zarr raises many types)
@@ -147,7 +146,7 @@ class StoreWriter:
                                      f"{membership!r}", path=self.path, fix="use --overwrite or another --out")
             else:
                 # root + its attrs in one (atomic) write: a crash here leaves no attr-less root behind
-                self.root = zarr.open_group(str(self.path), mode="a", attributes={
+                self.root = JsonGroup.create(self.path, {
                     "schema_version": schema.SCHEMA_VERSION, "tool": "clam2sam", "tool_version": __version__,
                     "feature_dim": None, "feature_dtype": None, "encoder": encoder, "membership": membership,
                     "created": _dt.datetime.now(_dt.timezone.utc).isoformat(), "n_slides": 0,
