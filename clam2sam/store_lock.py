@@ -143,17 +143,16 @@ def _flock_or_none(lock: Path, break_stale: bool) -> StoreLock | None:
             if not same:  # the holder released and removed the file between our open and our lock: retry
                 os.close(fd)
                 continue
-            with os.fdopen(os.dup(fd), "rb+") as f:
-                info = _parse(f.read(1 << 16).decode("utf-8", "replace"))  # a record left by an earlier holder
-                if info and info.get("hostname") != socket.gethostname() and not break_stale:
-                    raise StoreLockedError(
-                        f"store lock was taken on another host and never released ({_holder(info)}); locks of "
-                        "this file system may not reach across hosts, so that conversion may still be running",
-                        path=lock, fix=BREAK_FIX)
-                f.seek(0)
-                f.truncate()
-                f.write(_payload().encode())
-                f.flush()
+            # read and rewrite the record through this descriptor only: on NFS, flock is emulated with POSIX
+            # locks, which closing *any* descriptor of the file would release
+            info = _parse(os.pread(fd, 1 << 16, 0).decode("utf-8", "replace"))  # left by an earlier holder
+            if info and info.get("hostname") != socket.gethostname() and not break_stale:
+                raise StoreLockedError(
+                    f"store lock was taken on another host and never released ({_holder(info)}); locks of "
+                    "this file system may not reach across hosts, so that conversion may still be running",
+                    path=lock, fix=BREAK_FIX)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, _payload().encode(), 0)
             return StoreLock(lock, fd)
         except BaseException:
             try:
