@@ -99,3 +99,95 @@ def test_corrupt_store_array_at_training_time(store, tmp_path, damage):
     assert p.returncode == 1, (p.returncode, err)
     assert "Traceback" not in err and f"slide {sid!r}" in err and "features" in err, err
     assert str(bad) in err.replace("\n", "") and "re-convert" in err, err
+
+
+# ------------------------------------------------------------------------------------------ every write point
+
+# Runs `samtrain fit` and SIGKILLs itself at a write point: "<when>:<file name>:<n>" = the n-th time a file of
+# that name is put in place with os.replace (before: its temporary is written, not renamed; after: renamed,
+# nothing after it) or written with Path.write_text (write: just written).
+WRITE_KILLER = """
+import os, pathlib, signal, sys
+when, name, n = sys.argv[1].split(":")
+seen = [0]
+def hit(kind, dst):
+    if kind != when or os.path.basename(str(dst)) != name:
+        return
+    seen[0] += 1
+    if seen[0] == int(n):
+        os.kill(os.getpid(), signal.SIGKILL)
+real_replace, real_write_text = os.replace, pathlib.Path.write_text
+def replace(src, dst, *a, **k):
+    hit("before", dst)
+    real_replace(src, dst, *a, **k)
+    hit("after", dst)
+def write_text(self, *a, **k):
+    r = real_write_text(self, *a, **k)
+    hit("write", self)
+    return r
+os.replace, pathlib.Path.write_text = replace, write_text
+from trainer.cli import main
+main(sys.argv[2:])
+"""
+
+# 2 folds x 3 epochs: config and splits written; fold 1's first checkpoint before its rename; fold 1 epoch 2's
+# metrics in place (its checkpoint not yet); fold 1's 2nd best model before its rename; fold 2 after its first
+# epoch; each fold's done record before its rename (predictions written); results before and after their rename.
+WRITE_POINTS = ["write:config.json:1", "write:splits.json:1", "before:last.pt:1", "after:metrics.csv:2",
+                "before:best.pt:2", "after:last.pt:4", "before:done.json:1", "before:done.json:2",
+                "before:results.json:1", "after:results.json:1"]
+VOLATILE_RESULTS = {"resumed", "config"}     # and every "*seconds" timing
+
+
+def _stable(d):
+    """A results / done record without timings, the resume flag and the config (holds --out)."""
+    if isinstance(d, dict):
+        return {k: _stable(v) for k, v in d.items() if k not in VOLATILE_RESULTS and not k.endswith("seconds")}
+    if isinstance(d, list):
+        return [_stable(v) for v in d]
+    return d
+
+
+def _bytes_without_timings(p):
+    """A file's bytes; for a CSV with timing columns (``*seconds``), its rows without them (every other value as
+    written, byte for byte)."""
+    data = p.read_bytes()
+    if p.suffix != ".csv":
+        return data
+    rows = list(csv.reader(data.decode().splitlines()))
+    keep = [i for i, h in enumerate(rows[0] if rows else []) if not h.endswith("seconds")]
+    return [[r[i] for i in keep if i < len(r)] for r in rows]
+
+
+def _files(out):
+    """Every per-fold file a run keeps (bytes), and results.json / done.json without timings or resume flag."""
+    res = json.loads((out / "results.json").read_text())
+    files = {str(p.relative_to(out)): _bytes_without_timings(p) for p in sorted(out.glob("fold_*/*"))
+             if p.suffix in (".csv", ".json") and p.name != "done.json"}
+    done = {str(p.relative_to(out)): _stable(json.loads(p.read_text())) for p in sorted(out.glob("fold_*/done.json"))}
+    return _stable(res), files, done, (out / "summary.md").read_text()
+
+
+@pytest.mark.slow
+def test_fit_killed_at_every_write_point_resumes_to_identical_results(store, tmp_path):
+    assert len({p.split(":")[1] for p in WRITE_POINTS}) >= 6
+    ref = _fit(store, tmp_path / "ref")
+    assert ref.returncode == 0, ref.stderr
+    want = _files(tmp_path / "ref")
+    procs = {}
+    for point in WRITE_POINTS:                       # killed runs in parallel, one run directory each
+        out = tmp_path / point.replace(":", "_")
+        args = ["fit", str(store), "--out", str(out), *FIT]
+        procs[point] = (out, subprocess.Popen([sys.executable, "-c", WRITE_KILLER, point, *args], cwd=str(REPO),
+                                              env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                              text=True))
+    for point, (out, p) in procs.items():
+        _, err = p.communicate(timeout=600)
+        assert p.returncode == -signal.SIGKILL, (point, p.returncode, err[-2000:])
+        again = _fit(store, out)                     # the same command, no flag
+        assert again.returncode == 0, (point, again.stderr[-2000:])
+        got = _files(out)
+        assert got[0] == want[0], point
+        assert got[1] == want[1], (point, sorted(k for k in want[1] if got[1].get(k) != want[1][k]))
+        assert got[2] == want[2] and got[3] == want[3], point
+        assert not list(out.rglob("*.tmp")), point   # no temporary left behind
