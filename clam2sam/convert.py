@@ -26,8 +26,8 @@ from typing import Callable
 
 from clam2sam import schema
 from clam2sam.checksums import prefetch
-from clam2sam.convert_slide import (SegmentProvider, SlideJob, drop_slide_properties_ahead, input_paths, input_spans,
-                                    read_slide_properties_ahead, run_job_safe)
+from clam2sam.convert_slide import (SegmentProvider, SlideJob, SlidePipeline, drop_slide_properties_ahead, input_paths,
+                                    input_spans, read_slide_properties_ahead, run_job_safe)
 from clam2sam.discover import LAYOUTS, discover
 from clam2sam.errors import InputFormatError, StoreError, UsageError
 from clam2sam.fast_write import encode_threads
@@ -149,6 +149,11 @@ def _check_out_apart(o: ConvertOptions) -> None:
             raise UsageError(f"--out is a folder that holds the source {flag} ({src})", path=o.out,
                              fix="choose another --out: a new folder that is not above any source "
                                  "(e.g. cohort.zarr beside the archive)")
+        if o.report_path is not None:
+            rp = o.report_path.resolve()
+            if rp == src or (src.is_dir() and src in rp.parents and rp.exists()):
+                raise UsageError(f"--report would overwrite a file of the source {flag}", path=o.report_path,
+                                 fix="write the report elsewhere (default: OUT/convert_report.json)")
 
 
 def convert_cohort(options: ConvertOptions, segment_provider: SegmentProvider | None = None,
@@ -335,22 +340,29 @@ def _run(o: ConvertOptions, writer: StoreWriter, pending, report: Report, provid
     if workers <= 1:
         jobs = [j for _, j in pending if isinstance(j, SlideJob)]
         pos = {id(j): i for i, j in enumerate(jobs)}   # the first PREFETCH_AHEAD: see convert_cohort
-        for sid, job in pending:
-            if isinstance(job, SlideJob):
-                ahead = pos[id(job)] + PREFETCH_AHEAD  # later slides' files come off the disk meanwhile
-                if ahead < len(jobs):
-                    _read_ahead(jobs[ahead].files)
-                job.expected_dim = writer.root.attrs.get("feature_dim")
-                job.expected_dtype = writer.root.attrs.get("feature_dtype")
-                status, res = run_job_safe(job, provider)
-            else:
-                status, res = "error", job
-            done += 1
-            keep_going = _record(o, writer, report, sid, status, res)
-            if progress:
-                progress(sid, done, total)
-            if not keep_going:
-                return
+        pipe = SlidePipeline(provider)                  # the next slide is prepared while this one is written
+        try:
+            for sid, job in pending:
+                if isinstance(job, SlideJob):
+                    ahead = pos[id(job)] + PREFETCH_AHEAD  # later slides' files come off the disk meanwhile
+                    if ahead < len(jobs):
+                        _read_ahead(jobs[ahead].files)
+                    nxt = jobs[pos[id(job)] + 1] if pos[id(job)] + 1 < len(jobs) else None
+                    for j in (job, nxt):
+                        if j is not None:
+                            j.expected_dim = writer.root.attrs.get("feature_dim")
+                            j.expected_dtype = writer.root.attrs.get("feature_dtype")
+                    status, res = pipe.run(job, nxt)
+                else:
+                    status, res = "error", job
+                done += 1
+                keep_going = _record(o, writer, report, sid, status, res)
+                if progress:
+                    progress(sid, done, total)
+                if not keep_going:
+                    return
+        finally:
+            pipe.close()
         return
     for sid, job in pending:  # failures known before any work (duplicates)
         if not isinstance(job, SlideJob):

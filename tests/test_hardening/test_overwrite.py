@@ -149,3 +149,11 @@ def test_overwrite_that_converts_nothing_puts_the_old_store_back(arch, tmp_path)
     assert rep.by_status("failed") and any("kept as it was" in w for w in rep.warnings), rep.warnings
     assert not (out / ASIDE_NAME).exists()
     assert_same_store(store_snapshot(out), ref)
+
+
+def test_report_never_overwrites_a_source_file(arch, tmp_path):
+    before = _tree(arch)
+    for target in (arch / "h5_files" / "s0.h5", arch / "segments" / "s1.pkl"):
+        with pytest.raises(UsageError, match="--report would overwrite a file of the source ARCHIVE"):
+            convert_cohort(ConvertOptions(archive=arch, out=tmp_path / "c.zarr", report_path=target))
+    assert _tree(arch) == before and not (tmp_path / "c.zarr").exists()
