@@ -19,6 +19,7 @@ HEADINGS = {"summary": "Summary", "folds": "Folds", "learning": "Learning curves
             "confusion": "Confusion matrix", "probs": "Predicted probabilities", "sg2m": "SG2M mask ratios",
             "config": "Configuration"}
 BAND_BOOT = 500
+OWN_FILES = ("learning_*.png", "roc_pr*.png", "confusion.png", "probabilities.png", "sg2m_ratios.png", "index.html")
 METRIC_NAMES = {"auc": "AUC", "acc": "accuracy", "f1": "F1", "bal_acc": "balanced accuracy"}
 SECTION_NAMES = {"test": "test", "val": "validation", "test_optimistic": "OPTIMISTIC (test-fold threshold)"}
 
@@ -125,8 +126,9 @@ def write_report(run: str | Path, out: str | Path | None = None, n_boot: int | N
     results = load_results(run)
     out = Path(out) if out is not None else run / "report"
     out.mkdir(parents=True, exist_ok=True)
-    for old in list(out.glob("*.png")) + [out / "index.html"]:
-        old.unlink(missing_ok=True)
+    for pattern in OWN_FILES:  # a previous drawing's files (fold names may have changed); nothing else
+        for old in out.glob(pattern):
+            old.unlink(missing_ok=True)
     classes, folds = results["classes"], results["folds"]
     sections = []
     pooled = results.get("summary", {}).get("test_auc_pooled")

@@ -145,3 +145,17 @@ def test_cli_mismatch_exit_2(runs, tmp_path, capsys):
     other = make_fake_run(tmp_path / "other", folds=4, split_seed=4)
     assert _cli(["compare", str(a), str(other)]) == 2
     assert "not trained on the same splits" in capsys.readouterr().err
+
+
+def test_repeats_are_paired_and_pooled_by_slide(tmp_path):
+    a = make_fake_run(tmp_path / "a", seed=1, signal=2.0, folds=3, repeats=2)
+    b = make_fake_run(tmp_path / "b", seed=2, signal=1.0, folds=3, repeats=2)
+    res = compare_runs([a, b], n_boot=1000)
+    assert res["folds"] == ["r0_f0", "r0_f1", "r0_f2", "r1_f0", "r1_f1", "r1_f2"]
+    m = res["comparisons"][0]["metrics"]
+    assert m["test AUC"]["n"] == 6
+    d = np.array(res["per_fold"]["a"]["test AUC"]) - np.array(res["per_fold"]["b"]["test AUC"])
+    assert m["test AUC"]["mean_diff"] == pytest.approx(d.mean(), abs=1e-12)
+    # each slide is tested once per repeat: 72 predictions of 36 slides, resampled by slide
+    assert m[POOLED]["n_rows"] == 72 and m[POOLED]["n_slides"] == 36
+    assert res["runs"][0]["pooled_test_auc"]["n_slides"] == 36

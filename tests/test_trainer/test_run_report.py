@@ -92,9 +92,11 @@ def test_samtrain_report_redraws(tmp_path, capsys):
     run = make_fake_run(tmp_path / "r", seed=6, folds=2)
     (run / "report").mkdir()
     (run / "report" / "learning_r9_f9.png").write_bytes(b"stale")
+    (run / "report" / "my_notes.png").write_bytes(b"the user's own file")
     assert _cli(["report", str(run), "--n-boot", "300"]) == 0
     assert "report:" in capsys.readouterr().err
     assert not (run / "report" / "learning_r9_f9.png").exists()
+    assert (run / "report" / "my_notes.png").read_bytes() == b"the user's own file"
     assert_picture(run / "report" / "roc_pr.png")
     assert (run / "report" / "index.html").stat().st_size > 50_000
     assert _cli(["report", str(run), "--out", str(tmp_path / "elsewhere")]) == 0
