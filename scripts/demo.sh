@@ -16,4 +16,5 @@ clam2sam inspect "$OUT/demo.zarr"
 clam2sam inspect "$OUT/demo.zarr" --check
 clam2sam inspect "$OUT/demo.zarr" --plot "$OUT/pictures" --max-slides 4
 samtrain fit "$OUT/demo.zarr" --out "$OUT/run_sammil" --model sam-mil --folds 3 --max-epochs 30 --lr 1e-3 --seed 0 --cache --threads 1
-echo "Demo finished: store $OUT/demo.zarr, pictures $OUT/pictures, run $OUT/run_sammil (results.json)" >&2
+echo "Demo finished: store $OUT/demo.zarr, pictures $OUT/pictures, run $OUT/run_sammil (results.json," \
+     "report $OUT/run_sammil/report/index.html)" >&2
