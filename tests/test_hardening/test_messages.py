@@ -33,6 +33,19 @@ def test_1d_features_not_called_an_empty_bag(tmp_path):
     assert "empty bag" not in msg and "no tissue" not in msg
 
 
+def test_zero_feature_columns_named(tmp_path):
+    import h5py
+
+    (tmp_path / "h5_files").mkdir()
+    with h5py.File(tmp_path / "h5_files/s.h5", "w") as f:
+        f.create_dataset("features", data=np.zeros((40, 0), np.float32))
+        f.create_dataset("coords", data=af.grid_coords(40))
+    with pytest.raises(InputFormatError) as e:
+        _read(tmp_path, patches=False)
+    msg = str(e.value)
+    assert "(40, 0): 0 values per patch" in msg and "empty bag" not in msg, msg
+
+
 def test_fewer_coords_than_features_in_one_h5_no_sammil_hint(tmp_path):
     af.write_features_h5(tmp_path / "h5_files/s.h5", af.features(40), af.grid_coords(35))
     with pytest.raises(InputFormatError) as e:
