@@ -26,8 +26,8 @@ from typing import Callable
 
 from clam2sam import schema
 from clam2sam.checksums import prefetch
-from clam2sam.convert_slide import (SegmentProvider, SlideJob, drop_slide_properties_ahead, input_paths, input_spans,
-                                    read_slide_properties_ahead, run_job_safe)
+from clam2sam.convert_slide import (SegmentProvider, SlideJob, SlidePipeline, drop_slide_properties_ahead, input_paths,
+                                    input_spans, read_slide_properties_ahead, run_job_safe)
 from clam2sam.discover import LAYOUTS, discover
 from clam2sam.errors import InputFormatError, StoreError, UsageError
 from clam2sam.fast_write import encode_threads
@@ -340,22 +340,30 @@ def _run(o: ConvertOptions, writer: StoreWriter, pending, report: Report, provid
     if workers <= 1:
         jobs = [j for _, j in pending if isinstance(j, SlideJob)]
         pos = {id(j): i for i, j in enumerate(jobs)}   # the first PREFETCH_AHEAD: see convert_cohort
-        for sid, job in pending:
-            if isinstance(job, SlideJob):
-                ahead = pos[id(job)] + PREFETCH_AHEAD  # later slides' files come off the disk meanwhile
-                if ahead < len(jobs):
-                    _read_ahead(jobs[ahead].files)
-                job.expected_dim = writer.root.attrs.get("feature_dim")
-                job.expected_dtype = writer.root.attrs.get("feature_dtype")
-                status, res = run_job_safe(job, provider)
-            else:
-                status, res = "error", job
-            done += 1
-            keep_going = _record(o, writer, report, sid, status, res)
-            if progress:
-                progress(sid, done, total)
-            if not keep_going:
-                return
+        pipe = SlidePipeline(provider)                  # the next slide is prepared while this one is written
+        try:
+            for sid, job in pending:
+                if isinstance(job, SlideJob):
+                    ahead = pos[id(job)] + PREFETCH_AHEAD  # later slides' files come off the disk meanwhile
+                    if ahead < len(jobs):
+                        _read_ahead(jobs[ahead].files)
+                    nxt = jobs[pos[id(job)] + 1] if pos[id(job)] + 1 < len(jobs) else None
+                    for j in (job, nxt):
+                        if j is not None:
+                            j.expected_dim = writer.root.attrs.get("feature_dim")
+                            j.expected_dtype = writer.root.attrs.get("feature_dtype")
+                    status, res = pipe.run(job, nxt)
+                else:
+                    status, res = "error", job
+                done += 1
+                keep_going = _record(o, writer, report, sid, status, res)
+                if progress:
+                    progress(sid, done, total)
+                if not keep_going:
+                    return
+        finally:
+            pipe.close()
+        return
         return
     for sid, job in pending:  # failures known before any work (duplicates)
         if not isinstance(job, SlideJob):

@@ -131,8 +131,27 @@ def input_spans(files: SlideFiles) -> list[tuple[Path, str, int]]:
     return [(files.features_pt, w, PT_SPAN) for w in ("head", "middle", "tail")]
 
 
+@dataclass
+class PreparedSlide:
+    """One slide read, checked and assigned (:func:`prepare_job`), waiting to be written (:func:`write_prepared`)."""
+
+    arrays: object                      # SlideArrays without "sources" yet
+    digests: object                     # Future of the source descriptions (hashed on a background thread)
+    feature_dim: int
+    feature_dtype: str
+    encoder: str | None
+    warnings: list[str]
+    t0: float
+
+
 def run_job(job: SlideJob, segment_provider: SegmentProvider | None = None) -> SlideResult:
     """Convert and write one slide; raises a Clam2SamError naming slide, file and fix on bad input."""
+    return write_prepared(job, prepare_job(job, segment_provider))
+
+
+def prepare_job(job: SlideJob, segment_provider: SegmentProvider | None = None) -> PreparedSlide:
+    """Everything of :func:`run_job` before the write: read and check the inputs, get the segments, assign
+    membership, compute group features (the sources are hashed meanwhile on a background thread)."""
     t0 = time.perf_counter()
     f = job.files
     sid = f.slide_id
@@ -198,13 +217,73 @@ def run_job(job: SlideJob, segment_provider: SegmentProvider | None = None) -> S
         "source_byte_order": loaded.source_byte_order,   # the store holds little-endian features whatever it is
     }
     arrays = build_slide_arrays(sid, loaded.features, loaded.coords, memb, total_downsample=D, mpp=mpp, attrs=attrs)
-    arrays.attrs["sources"] = digests.result()
+    return PreparedSlide(arrays=arrays, digests=digests, feature_dim=int(loaded.features.shape[1]),
+                         feature_dtype=str(loaded.features.dtype), encoder=attrs["encoder"], warnings=warns, t0=t0)
+
+
+def write_prepared(job: SlideJob, p: PreparedSlide) -> SlideResult:
+    """Write a prepared slide (its group, ``complete`` last) and describe the result."""
+    arrays = p.arrays
+    arrays.attrs["sources"] = p.digests.result()
     arrays.validate()
     write_slide_group(job.out, arrays, clevel=job.clevel, codec=job.codec)
-    return SlideResult(slide_id=sid, n_patches=arrays.n_patches, n_segments=arrays.n_segments,
-                       feature_dim=int(loaded.features.shape[1]), feature_dtype=str(loaded.features.dtype),
-                       encoder=attrs["encoder"], seconds=time.perf_counter() - t0,
-                       path=str(f.features_h5 or f.features_pt), warnings=warns)
+    f = job.files
+    return SlideResult(slide_id=f.slide_id, n_patches=arrays.n_patches, n_segments=arrays.n_segments,
+                       feature_dim=p.feature_dim, feature_dtype=p.feature_dtype, encoder=p.encoder,
+                       seconds=time.perf_counter() - p.t0, path=str(f.features_h5 or f.features_pt),
+                       warnings=p.warnings)
+
+
+class SlidePipeline:
+    """Convert slides one after the other in this process, preparing the next slide (read, hash, segments,
+    membership, group features: :func:`prepare_job`) on a background thread while the current one is
+    compressed and written. On a machine whose CPUs would otherwise wait for one another (sources in the page
+    cache or on fast storage) both phases then run at once; results, order and errors are those of
+    :func:`run_job_safe` slide by slide.
+
+    A slide is prepared ahead only when the store's feature dim and dtype are already known (set on the job
+    by the caller): its compatibility check then sees the same values it would see when run in turn. The
+    segment provider of a SAM pass is never run ahead (it caches results: no work for a slide the run may
+    not reach); with a provider every slide runs in turn.
+    """
+
+    def __init__(self, segment_provider: SegmentProvider | None = None):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.provider = segment_provider
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clam2sam-prepare")
+        self._ahead: tuple[SlideJob, object] | None = None     # (job, Future of prepare_job)
+
+    def run(self, job: SlideJob, next_job: SlideJob | None = None):
+        """Convert ``job`` (prepared ahead when it was ``next_job`` of the previous call); start preparing
+        ``next_job`` meanwhile. ``("ok", SlideResult)`` or ``("error", exception)``, never raises."""
+        ahead, self._ahead = self._ahead, None
+        try:
+            try:
+                prepared = (ahead[1].result() if ahead is not None and ahead[0] is job
+                            else prepare_job(job, self.provider))
+            except Exception as e:  # noqa: BLE001 - reported per slide by the caller
+                return "error", e
+            finally:
+                ahead = None                    # the future holds the slide's arrays: let them go with it
+            if (next_job is not None and self.provider is None and next_job.expected_dim is not None
+                    and next_job.expected_dtype is not None):
+                self._ahead = (next_job, self._pool.submit(prepare_job, next_job))
+            try:
+                return "ok", write_prepared(job, prepared)
+            except Exception as e:  # noqa: BLE001
+                return "error", e
+            finally:
+                del prepared
+        finally:
+            release_memory()
+
+    def close(self) -> None:
+        """Wait for a slide being prepared ahead (nothing is written by it) and stop the thread."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None:
+            ahead[1].cancel()
+        self._pool.shutdown(wait=True)
 
 
 def run_job_safe(job: SlideJob, segment_provider: SegmentProvider | None = None):
