@@ -364,7 +364,6 @@ def _run(o: ConvertOptions, writer: StoreWriter, pending, report: Report, provid
         finally:
             pipe.close()
         return
-        return
     for sid, job in pending:  # failures known before any work (duplicates)
         if not isinstance(job, SlideJob):
             done += 1
