@@ -157,3 +157,11 @@ def test_report_never_overwrites_a_source_file(arch, tmp_path):
         with pytest.raises(UsageError, match="--report would overwrite a file of the source ARCHIVE"):
             convert_cohort(ConvertOptions(archive=arch, out=tmp_path / "c.zarr", report_path=target))
     assert _tree(arch) == before and not (tmp_path / "c.zarr").exists()
+
+
+def test_overwrite_with_worker_processes(arch, tmp_path):
+    out = tmp_path / "c.zarr"
+    convert_cohort(ConvertOptions(archive=arch, out=out, slides=("s1",)))
+    rep = convert_cohort(ConvertOptions(archive=arch, out=out, overwrite=True, workers=2))
+    assert rep.return_code == 0 and rep.counts()["converted"] == 2, rep.to_dict()
+    assert open_store(out).slide_ids() == ["s0", "s1"] and not (out / ASIDE_NAME).exists()
