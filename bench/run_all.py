@@ -25,14 +25,19 @@ if __package__ in (None, ""):
 
 from bench._common import ROOT, Ctx, Section, machine_info, md_table  # noqa: E402
 
-ORDER = ("convert", "load", "step", "accuracy", "sam", "baselines")
-TITLES = {"convert": "1. Convert", "load": "2. Loading", "step": "3. Training step", "accuracy": "4. Accuracy",
-          "sam": "5. SAM pass", "baselines": "6. Baselines (Tables 1 and 7)"}
+ORDER = ("convert", "convert_cli", "load", "step", "accuracy", "sam", "baselines", "cli")
+TITLES = {"convert": "1. Convert", "convert_cli": "1b. Convert, whole processes", "load": "2. Loading",
+          "step": "3. Training step", "accuracy": "4. Accuracy", "sam": "5. SAM pass",
+          "baselines": "6. Baselines (Tables 1 and 7)", "cli": "7. CLI start-up"}
 
 
 def _runner(key: str):
     if key == "convert":
         from bench import bench_convert as m
+    elif key == "convert_cli":
+        from bench import bench_convert_cli as m
+    elif key == "cli":
+        from bench import bench_cli as m
     elif key == "load":
         from bench import bench_load as m
     elif key == "step":
@@ -139,6 +144,13 @@ def glance(out: Path) -> list[str]:
                 r = v / m["largest_slide_mb"]
                 rows.append([f"convert {lab} for the largest slide / its size", "~2x", f"{r:.2f}x",
                              "met" if r <= 2.5 else "MISSED"])
+    d = data("convert_cli")
+    for g, per in ((d or {}).get("regimes") or {}).items():
+        c = per.get("convert")
+        if c and c.get("target"):
+            rows.append([f"convert, whole process, {d['slides']} slides [{REGIME_NAMES.get(g, g)}]: time vs h5py read",
+                         f"<= {c['target']}x", f"{c['ratio_vs_h5py']:.2f}x",
+                         "met" if c["ratio_vs_h5py"] <= c["target"] else "MISSED"])
     d = data("load")
     if d and d.get("methods"):
         for lab, m in d["methods"].items():
@@ -150,6 +162,12 @@ def glance(out: Path) -> list[str]:
         for n, c in d["cells"].items():
             rows.append([f"step SAM-MIL / AB-MIL at {int(n):,} patches", "<= 2x", f"{c['ratio']:.2f}x",
                          "met" if c["ratio"] <= 2 else "MISSED"])
+    d = data("cli")
+    for lab, c in ((d or {}).get("rows") or {}).items():
+        if c.get("target"):
+            r = c["ratio_vs_h5py"]
+            rows.append([f"CLI start: {lab} vs `python -c \"import h5py\"`", "<= 1.5x", f"{r:.2f}x",
+                         "met" if r <= 1.5 else "MISSED"])
     if not rows:
         return []
     return ["## Targets at a glance", "", md_table(["figure", "target", "measured", "verdict"], rows), ""]
@@ -225,7 +243,7 @@ def main(argv=None) -> int:
     command = "python bench/run_all.py " + " ".join(shlex.quote(x) for x in (sys.argv[1:] if argv is None else argv))
     machine = machine_info()
     (out / "machine.json").write_text(json.dumps(machine, indent=2))
-    if any(k in keys for k in ("convert", "load")):
+    if any(k in keys for k in ("convert", "load")) or (a.quick and "convert_cli" in keys):
         ensure_cohort(ctx.large_dir, "tiny" if a.quick else "large", ctx,
                       **({"slides": 4, "dim": 64, "min_patches": 300, "max_patches": 600} if a.quick else {}))
     if "accuracy" in keys or "baselines" in keys:
