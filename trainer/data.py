@@ -151,8 +151,8 @@ def _decode_csv(path: Path) -> str:
                              "labels_utf8.csv) and pass that file to --labels") from None
 
 
-DAMAGED_FIX = ("re-run `clam2sam convert` on the archive (it rewrites damaged slides), or pass --skip-damaged to "
-               "train without them")
+DAMAGED_FIX = ("re-convert them (re-run `clam2sam convert` on the archive: it rewrites damaged slides), or pass "
+               "--skip-damaged to train without them")
 
 
 def _damage(store_path: Path, key: str) -> str | None:
@@ -200,7 +200,7 @@ def _survey(reader, skip_damaged: bool) -> tuple[list[str], list[dict]]:
             continue
         complete.append(sid)
     if damaged and not skip_damaged:
-        listed = "; ".join(f"{d['slide_id']!r} ({d['reason']})" for d in damaged[:5])
+        listed = "; ".join(f"slide {d['slide_id']!r} ({d['reason']})" for d in damaged[:5])
         raise StoreError(f"{len(damaged)} damaged slide(s): {listed}{' ...' if len(damaged) > 5 else ''}",
                          path=store_path, fix=DAMAGED_FIX)
     return complete, excluded + damaged
