@@ -6,18 +6,20 @@ carries only one JSON object. Progress, notes and skipped checks go to stderr. E
 """
 from __future__ import annotations
 
+import os
+import sys
 from typing import TYPE_CHECKING
 
 import click
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from clam2sam.errors import StoreError
 from clam2sam.stats import QUANTILE_KEYS, cohort_stats, flatten_scalars, slide_stats, to_json
 from clam2sam.store_reader import open_store
 
 if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
+
     from clam2sam.check import CheckResult
 
 _GEOMETRY_KEYS = ("geometry.", "image_info.")  # SAM attrs that differ per slide by nature
@@ -36,7 +38,54 @@ Exit codes: 0 ok, 1 --check found a problem / store or slide unreadable, 2 usage
 """
 
 
-def _progress(err: Console) -> Progress:
+class _LazyConsole:
+    """A rich Console made on first use: `inspect --json` on a pipe, with nothing to say on stderr, never
+    imports rich (a noticeable share of the command's start-up)."""
+
+    def __init__(self, **kwargs):
+        self._kwargs, self._console = kwargs, None
+
+    def __getattr__(self, name):
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(**self._kwargs)
+        return getattr(self._console, name)
+
+
+def _stderr_is_plain() -> bool:
+    """stderr is not a terminal and nothing asks rich to treat it as one (then a progress bar shows nothing)."""
+    forced = any(os.environ.get(k) is not None for k in ("TTY_COMPATIBLE", "FORCE_COLOR", "TTY_INTERACTIVE"))
+    try:
+        tty = sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        tty = False
+    return not (tty or forced or "ipykernel" in sys.modules)
+
+
+class _PlainProgress:
+    """What a transient rich Progress writes to a stream that is not a terminal (one line end when it stops),
+    without loading rich."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        sys.stderr.write("\n")
+        sys.stderr.flush()
+
+    def add_task(self, *args, **kwargs) -> int:
+        return 0
+
+    def advance(self, *args, **kwargs) -> None:
+        pass
+
+
+def _progress(err):
+    if _stderr_is_plain():
+        return _PlainProgress()
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                     console=err, transient=True)
 
@@ -64,9 +113,7 @@ def command(ctx, store, slide_id, as_json, do_check, no_source_check, plot_dir, 
     (share of patches in a segment), segment sizes and areas, group-feature norms, membership rule,
     SAM provenance and the store's size and compression ratio.
     """
-    out, err = Console(), Console(stderr=True)
-    if not out.is_terminal:
-        out = Console(width=150)  # files and pipes: wide enough for the tables
+    err = _LazyConsole(stderr=True)
     result = {}
     check: CheckResult | None = None
     if do_check:
@@ -113,6 +160,11 @@ def command(ctx, store, slide_id, as_json, do_check, no_source_check, plot_dir, 
     if as_json:
         click.echo(to_json(result))
     else:
+        from rich.console import Console
+
+        out = Console()
+        if not out.is_terminal:
+            out = Console(width=150)  # files and pipes: wide enough for the tables
         if result.get("kind") == "cohort":
             _print_cohort(out, result)
         elif result.get("kind") == "slide":
@@ -149,6 +201,8 @@ def _bytes(n) -> str:
 
 
 def _dist_table(title: str, rows: list[tuple[str, dict]]) -> Table:
+    from rich.table import Table
+
     t = Table(title=title, title_justify="left")
     t.add_column("quantity")
     for k in QUANTILE_KEYS:
@@ -197,6 +251,8 @@ def _print_cohort(out: Console, r: dict) -> None:
         else:
             vals = f"{v['distinct']} distinct values"
         out.print(f"  {k}: {vals}", highlight=False)
+    from rich.table import Table
+
     t = Table(title="Slides", title_justify="left")
     for c in ("slide", "label", "patches", "segments", "coverage", "median segment size"):
         t.add_column(c, justify="left" if c in ("slide", "label") else "right")
@@ -226,6 +282,8 @@ def _print_slide(out: Console, r: dict) -> None:
     out.print(_dist_table("Distributions", [
         ("segment size (patches)", seg["size_patches"]), ("segment area (px^2, L0)", seg["area_level0_px"]),
         ("segment area (um^2)", seg["area_um2"]), ("group-feature norm", r["group_feature_norm"])]))
+    from rich.table import Table
+
     t = Table(title=f"Largest {len(r['largest_segments'])} segments", title_justify="left")
     for c in ("segment", "source index", "patches", "area (level-0 px^2)", "area (um^2)", "SAM area",
               "group-feature norm"):
@@ -246,6 +304,8 @@ def _print_check(out: Console, check: CheckResult) -> None:
     if check.ok:
         out.print(f"[green]check passed[/]: {check.slides_checked} slides, no problem found", highlight=False)
         return
+    from rich.table import Table
+
     t = Table(title=f"check found {len(check.problems)} problems", title_justify="left")
     for c in ("slide", "array", "problem"):
         t.add_column(c, overflow="fold")

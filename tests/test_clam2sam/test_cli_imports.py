@@ -203,3 +203,43 @@ def test_jsonable_one_definition_same_values():
     got = jsonable(v)
     assert got == {"1": [None, 2.5, 3, None, [True, "/a/b"]], "arr": [0, 1, 2], "s": "x", "none": None}
     assert type(got["1"][2]) is int and type(got["1"][1]) is float and type(got["1"][4][0]) is bool
+
+
+def test_inspect_json_on_a_pipe_does_not_load_rich(tmp_path):
+    from tests.test_clam2sam.test_stats import cohort
+
+    path = cohort(tmp_path)[0]
+    mods = _loaded_after(RUN.format(mod="clam2sam.cli", args=["inspect", str(path), "--json"]))
+    assert _heavy(mods, ("rich", "zarr", "torch", "h5py")) == []
+    mods = _loaded_after(RUN.format(mod="clam2sam.cli", args=["inspect", str(path)]))
+    assert "rich" in mods          # the human summary is drawn with rich
+
+
+@pytest.mark.parametrize("tasks", [0, 1, 3])
+def test_plain_progress_writes_what_rich_writes_to_a_pipe(tasks, monkeypatch):
+    """On a stream that is not a terminal a transient rich Progress writes one line end; so does the
+    stand-in that spares `inspect --json` the rich import."""
+    import io
+
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from clam2sam import cli_inspect
+
+    for k in ("TTY_COMPATIBLE", "FORCE_COLOR", "TTY_INTERACTIVE"):
+        monkeypatch.delenv(k, raising=False)
+    buf = io.StringIO()
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=Console(file=buf), transient=True) as prog:
+        for _ in range(tasks):
+            t = prog.add_task("x", total=2)
+            prog.advance(t)
+    fake = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", fake)
+    assert cli_inspect._stderr_is_plain()
+    with cli_inspect._progress(None) as prog:
+        for _ in range(tasks):
+            prog.advance(prog.add_task("x", total=2))
+    assert fake.getvalue() == buf.getvalue() == "\n"
+    monkeypatch.setenv("FORCE_COLOR", "1")
+    assert not cli_inspect._stderr_is_plain()
