@@ -110,43 +110,19 @@ def _folds_section(results: dict, H) -> str:
     return H.table(head, rows, row_class=cls)
 
 
-def write_report(run: str | Path, out: str | Path | None = None, n_boot: int | None = None, seed: int = 0) -> Path:
-    """Draw the report of a finished run. Returns the path of ``index.html``.
-
-    Args:
-        run: the run directory (``samtrain fit --out``).
-        out: where to write (default ``RUN/report``); its PNGs and index.html are replaced.
-        n_boot: resamples of the pooled-AUC interval (default 2000; the curve bands use 500).
-    """
-    from trainer import report_html as H
-    from trainer import report_plots as P
-    from trainer.curves import curve_bands
-
-    run = Path(run)
-    results = load_results(run)
-    out = Path(out) if out is not None else run / "report"
-    out.mkdir(parents=True, exist_ok=True)
-    for pattern in OWN_FILES:  # a previous drawing's files (fold names may have changed); nothing else
-        for old in out.glob(pattern):
-            old.unlink(missing_ok=True)
-    classes, folds = results["classes"], results["folds"]
-    sections = []
-    pooled = results.get("summary", {}).get("test_auc_pooled")
-    if not pooled or (n_boot and pooled.get("n_boot") != n_boot):
-        pooled = pooled_test_auc(run, results, n_boot=n_boot, seed=seed)
-    sections.append((HEADINGS["summary"], _summary_section(results, pooled, H)))
-    sections.append((HEADINGS["folds"], _folds_section(results, H)))
-
+def _learning_section(run: Path, folds: list[dict], out: Path, H, P) -> str:
     figs = []
     for f in folds:
         m = read_metrics(fold_dir(run, f) / "metrics.csv")
         if m:
             p = P.learning_curves(m, f.get("best_epoch"), f"fold {f['split']}", out / f"learning_{f['split']}.png")
             figs.append(H.img(p, f"fold {f['split']}: selected epoch {f.get('best_epoch')}"))
-    sections.append((HEADINGS["learning"], f'<div class="figs">{"".join(figs)}</div>' if figs
-                     else "<p>No metrics.csv in the fold directories.</p>"))
+    return f'<div class="figs">{"".join(figs)}</div>' if figs else "<p>No metrics.csv in the fold directories.</p>"
 
-    test = pooled_predictions(run, results, "test")
+
+def _roc_section(test, folds: list[dict], classes: list[str], pooled: dict, out: Path, seed: int, H, P) -> str:
+    from trainer.curves import curve_bands
+
     groups = test.slide_ids.astype(str)
     C = len(classes)
     figs = []
@@ -159,39 +135,83 @@ def write_report(run: str | Path, out: str | Path | None = None, n_boot: int | N
                      out / f"roc_pr_{k}.png" if C > 2 else out / "roc_pr.png")
         figs.append(H.img(p, f"{classes[k]} vs rest: per fold (thin), pooled (thick) with its 95 % bootstrap "
                              "band over slides"))
-    sections.append((HEADINGS["roc"], "".join(figs)))
+    return "".join(figs)
 
-    cm = confusion_counts(test, folds, C)
-    rule = "each fold's validation threshold" if C == 2 else "argmax"
+
+def _confusion_section(test, results: dict, out: Path, H, P) -> str:
+    classes, folds = results["classes"], results["folds"]
+    cm = confusion_counts(test, folds, len(classes))
+    rule = "each fold's validation threshold" if len(classes) == 2 else "argmax"
     p = P.confusion(cm, classes, f"test, all folds ({rule})", out / "confusion.png")
-    cm_table = H.table(["true \\ predicted", *classes], [[c, *cm[i]] for i, c in enumerate(classes)])
-    sections.append((HEADINGS["confusion"], H.img(p, f"counts over every fold's test slides at {rule}"
-                                                  + ("; a slide appears once per repeat" if results.get(
-                                                      "config", {}).get("repeats", 1) > 1 else "")) + cm_table))
+    repeats = results.get("config", {}).get("repeats", 1) or 1
+    caption = f"counts over every fold's test slides at {rule}" + ("; a slide appears once per repeat"
+                                                                     if repeats > 1 else "")
+    return H.img(p, caption) + H.table(["true \\ predicted", *classes],
+                                       [[c, *cm[i]] for i, c in enumerate(classes)])
 
-    thresholds = [f["test"]["threshold"] for f in folds if f.get("test", {}).get("threshold") is not None]
-    p = P.probability_histograms(test.y, test.prob, classes, thresholds, out / "probabilities.png")
-    sections.append((HEADINGS["probs"], H.img(p, "predicted probabilities of the test slides, by true class")))
 
+def _sg2m_section(results: dict, out: Path, H, P) -> str | None:
+    """The recorded SG2M ratio spread (run-level and/or per fold); None when the run recorded none."""
+    folds = results["folds"]
     spread = {"all": results["sg2m_ratio_spread"]} if results.get("sg2m_ratio_spread") is not None else {}
     spread.update({f["split"]: f["sg2m_ratio_spread"] for f in folds if f.get("sg2m_ratio_spread") is not None})
-    if spread:
-        series, scalars = _series(spread if len(spread) > 1 else next(iter(spread.values())))
-        body = ""
-        quantiles = {float(m.group(1)): float(v) for k, v in scalars.items()
-                     if (m := re.fullmatch(r"p(\d+(?:\.\d+)?)", k)) and isinstance(v, (int, float))}
-        if series:
-            p = P.value_spread(series, "mask ratio", "SG2M mask ratios across segments", out / "sg2m_ratios.png")
-            body += H.img(p, "SG2M mask ratio of each segment (box: quartiles)")
-        elif len(quantiles) >= 2:
-            p = P.quantile_strip(quantiles, "mask ratio", "SG2M mask ratio across segments: percentiles",
-                                 out / "sg2m_ratios.png")
-            body += H.img(p, "percentiles of the SG2M mask ratio over the cohort's segments")
-        if scalars:
-            body += H.table(["statistic", "value"], [[k, f"{v:.4g}" if isinstance(v, float) else v]
-                                                     for k, v in scalars.items()])
-        sections.append((HEADINGS["sg2m"], body))
+    if not spread:
+        return None
+    series, scalars = _series(spread if len(spread) > 1 else next(iter(spread.values())))
+    quantiles = {float(m.group(1)): float(v) for k, v in scalars.items()
+                 if (m := re.fullmatch(r"p(\d+(?:\.\d+)?)", k)) and isinstance(v, (int, float))}
+    body = ""
+    if series:
+        p = P.value_spread(series, "mask ratio", "SG2M mask ratios across segments", out / "sg2m_ratios.png")
+        body += H.img(p, "SG2M mask ratio of each segment (box: quartiles)")
+    elif len(quantiles) >= 2:
+        p = P.quantile_strip(quantiles, "mask ratio", "SG2M mask ratio across segments: percentiles",
+                             out / "sg2m_ratios.png")
+        body += H.img(p, "percentiles of the SG2M mask ratio over the cohort's segments")
+    if scalars:
+        body += H.table(["statistic", "value"], [[k, f"{v:.4g}" if isinstance(v, float) else v]
+                                                 for k, v in scalars.items()])
+    return body
 
+
+def write_report(run: str | Path, out: str | Path | None = None, n_boot: int | None = None, seed: int = 0) -> Path:
+    """Draw the report of a finished run. Returns the path of ``index.html``.
+
+    Args:
+        run: the run directory (``samtrain fit --out``).
+        out: where to write (default ``RUN/report``); the report's own files there are replaced.
+        n_boot: resamples of the pooled-AUC interval (default: reuse results.json's, else 2000; the curve
+            bands use 500).
+    """
+    from trainer import report_html as H
+    from trainer import report_plots as P
+
+    run = Path(run)
+    results = load_results(run)
+    out = Path(out) if out is not None else run / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    for pattern in OWN_FILES:  # a previous drawing's files (fold names may have changed); nothing else
+        for old in out.glob(pattern):
+            old.unlink(missing_ok=True)
+    classes, folds = results["classes"], results["folds"]
+    pooled = results.get("summary", {}).get("test_auc_pooled")
+    if not pooled or (n_boot and pooled.get("n_boot") != n_boot):
+        pooled = pooled_test_auc(run, results, n_boot=n_boot, seed=seed)
+    test = pooled_predictions(run, results, "test")
+    thresholds = [f["test"]["threshold"] for f in folds if f.get("test", {}).get("threshold") is not None]
+    sections = [
+        (HEADINGS["summary"], _summary_section(results, pooled, H)),
+        (HEADINGS["folds"], _folds_section(results, H)),
+        (HEADINGS["learning"], _learning_section(run, folds, out, H, P)),
+        (HEADINGS["roc"], _roc_section(test, folds, classes, pooled, out, seed, H, P)),
+        (HEADINGS["confusion"], _confusion_section(test, results, out, H, P)),
+        (HEADINGS["probs"], H.img(P.probability_histograms(test.y, test.prob, classes, thresholds,
+                                                           out / "probabilities.png"),
+                                  "predicted probabilities of the test slides, by true class")),
+    ]
+    sg2m = _sg2m_section(results, out, H, P)
+    if sg2m is not None:
+        sections.append((HEADINGS["sg2m"], sg2m))
     sections.append((HEADINGS["config"], H.table(["setting", "value"],
                                                  [[k, v] for k, v in results.get("config", {}).items()])))
     index = out / "index.html"
