@@ -8,7 +8,7 @@ import click
 
 COMPARE_EPILOG = """\b
 Examples:
-  samtrain compare runs/sammil runs/abmil                   # table on stderr; plot and page in runs/compare_sammil_vs_abmil/
+  samtrain compare runs/sammil runs/abmil                   # table on stderr, files in runs/compare_sammil_vs_abmil/
   samtrain compare runs/sammil runs/abmil --json > cmp.json
   samtrain compare runs/sammil runs/abmil runs/t3 --out cmp/  # the first run against each of the others
 \b
@@ -33,7 +33,8 @@ def _default_out(runs: tuple[str, ...]) -> Path:
 
 
 @click.command("compare", epilog=COMPARE_EPILOG, context_settings={"max_content_width": 100})
-@click.argument("runs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
+@click.argument("runs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False),
+                metavar="RUN_A RUN_B [RUN ...]")
 @click.option("--out", type=click.Path(file_okay=False),
               help="Where to write forest.png, index.html and compare.json. Default: compare_A_vs_B beside RUN_A.")
 @click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON to stdout.")
