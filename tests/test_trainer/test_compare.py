@@ -145,6 +145,8 @@ def test_cli_mismatch_exit_2(runs, tmp_path, capsys):
     other = make_fake_run(tmp_path / "other", folds=4, split_seed=4)
     assert _cli(["compare", str(a), str(other)]) == 2
     assert "not trained on the same splits" in capsys.readouterr().err
+    assert _cli(["compare", str(a)]) == 2
+    assert "give at least two runs" in capsys.readouterr().err
 
 
 def test_repeats_are_paired_and_pooled_by_slide(tmp_path):
