@@ -53,9 +53,9 @@ def disk_usage(path: str | os.PathLike) -> dict:
     disk = unc = 0
     for root, _dirs, files in os.walk(path):
         for name in files:
-            p = Path(root) / name
+            p = os.path.join(root, name)
             try:
-                disk += p.stat().st_size
+                disk += os.stat(p).st_size
             except OSError:
                 continue
             if name == "zarr.json":
@@ -64,9 +64,10 @@ def disk_usage(path: str | os.PathLike) -> dict:
             "compression_ratio": (unc / disk) if disk else None}
 
 
-def _array_nbytes(zarr_json: Path) -> int:
+def _array_nbytes(zarr_json: str | Path) -> int:
     try:
-        meta = json.loads(zarr_json.read_text())
+        with open(zarr_json, encoding="utf-8") as f:
+            meta = json.loads(f.read())
     except (OSError, ValueError):
         return 0
     if meta.get("node_type") != "array":
@@ -109,10 +110,11 @@ _ARRAY_KEYS = {"shape", "data_type", "chunk_grid", "chunk_key_encoding", "fill_v
                "zarr_format", "node_type", "storage_transformers", "dimension_names"}
 
 
-def _read_fast(reader: StoreReader, slide_id: str) -> tuple[dict, tuple, str] | None:
-    """(small arrays, features shape, features dtype) read without zarr: the arrays through the store's
-    own single-shard reader, the shape and dtype from ``features/zarr.json``. ``None`` when anything is not
-    as this tool writes it; the zarr path then reads it, or phrases the error."""
+def _read_fast(reader: StoreReader, slide_id: str) -> tuple[dict, tuple, str, dict] | None:
+    """(small arrays, features shape, features dtype, slide attrs) read without zarr: the arrays through the
+    store's own single-shard reader, the shape and dtype from ``features/zarr.json``, the attrs from the group's
+    ``zarr.json`` (read once). ``None`` when anything is not as this tool writes it; the zarr path then reads
+    it, or phrases the error."""
     gdir = os.path.join(reader.path, schema.SLIDES_GROUP, slide_key(slide_id))
     try:
         with open(os.path.join(gdir, "zarr.json"), "rb") as f:
@@ -134,14 +136,15 @@ def _read_fast(reader: StoreReader, slide_id: str) -> tuple[dict, tuple, str] | 
                 return None
     except Exception:  # noqa: BLE001 - damaged or foreign: the zarr path reports it as before
         return None
-    return data, shape, dtype
+    return data, shape, dtype, group["attributes"]
 
 
 def _read_core(reader: StoreReader, slide_id: str) -> dict:
     """Everything the statistics need for one slide (small arrays only)."""
     fast = _read_fast(reader, slide_id)
+    attrs = None
     if fast is not None:
-        data, shape, dtype = fast
+        data, shape, dtype, attrs = fast
     else:
         g = reader.group(slide_id)
         try:
@@ -154,7 +157,7 @@ def _read_core(reader: StoreReader, slide_id: str) -> dict:
     data["n_patches"] = int(shape[0])
     data["feature_dim"] = int(shape[1]) if len(shape) > 1 else None
     data["feature_dtype"] = dtype
-    data["attrs"] = reader.slide_attrs(slide_id)
+    data["attrs"] = reader.slide_attrs(slide_id) if attrs is None else attrs
     gf = data["group_features"].astype(np.float64)
     data["gf_norm"] = np.linalg.norm(gf, axis=1) if gf.ndim == 2 and len(gf) else np.zeros(0)
     covered, multi = _covered(data["member_indptr"], data["member_indices"], data["n_patches"])
@@ -195,7 +198,8 @@ def cohort_stats(reader: StoreReader, *, on_slide: Callable[[str], None] | None 
         of the numbers.
     """
     ids = reader.slide_ids()
-    incomplete = reader.incomplete_slide_ids()
+    done = set(ids)   # = reader.incomplete_slide_ids(), without listing the complete slides a second time
+    incomplete = [s for s in reader.slide_ids(complete_only=False) if s not in done]
     n_patches, n_segments, cov_share, rows, errors = [], [], [], [], []
     sizes, areas, areas_um2, norms, sam_dicts = [], [], [], [], []
     labels, rules, layouts = Counter(), Counter(), Counter()
