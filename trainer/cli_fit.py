@@ -51,8 +51,9 @@ def _opt_group(f):
                      help="Standardise each feature dimension with the mean and sd of the fold's training "
                           "patches (saved in the checkpoint; predict applies it)."),
         click.option("--attn-init", type=click.Choice(ATTN_INITS), default=d.attn_init, show_default=True,
-                     help="uniform: attention starts as mean pooling (last attention layer zeroed); "
-                          "xavier: random start, as the reference code."),
+                     help="xavier: random start, as the reference code; uniform: attention starts as mean "
+                          "pooling (last attention layer zeroed). Uniform starts found rare lesions less "
+                          "often in our measurements (bench/RESULTS.md)."),
         click.option("--max-instance-weight", default=d.max_instance_weight, show_default=True, type=float,
                      help="Weight of the auxiliary max-instance CE for attention models (abmil, abmil-gated, "
                           "sam-mil): the bag classifier must also find the class in the most convincing "

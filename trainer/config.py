@@ -18,7 +18,7 @@ RATIO_FNS = ("constant", "linear", "sigmoid")                 # paper Table 4
 AREA_UNITS = ("relative-size", "patch-fraction", "sam-pixels")
 GROUP_BY = ("segment", "sam-area")
 CON_FORMS = ("within-share", "variance", "reference-l2")
-ATTN_INITS = ("uniform", "xavier")
+ATTN_INITS = ("xavier", "uniform")
 MONITORS = ("auc", "loss")
 SCHEDULERS = ("cosine", "none")
 
@@ -52,7 +52,7 @@ class TrainConfig:
     dropout: float = 0.25
     standardize: bool = True             # per-dimension feature standardisation fitted on each training part
     max_instance_weight: float = 0.5     # auxiliary max-instance CE (attention models with instance logits)
-    attn_init: str = "uniform"           # "uniform": attention starts as mean pooling; "xavier": reference
+    attn_init: str = "xavier"            # "xavier": random start (reference); "uniform": starts as mean pooling
     # SG2M (instance level)
     mask: str = "sam"
     ratio_fn: str = "sigmoid"

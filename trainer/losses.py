@@ -132,7 +132,8 @@ def consistency_loss(attention: torch.Tensor, group: torch.Tensor, form: str = "
                      n_groups: int | None = None) -> torch.Tensor:
     """L_con on the full bag's softmax attention ``(T,)`` with token groups ``(T,)`` (-1 = excluded)."""
     if form == "within-share":
-        return within_share_loss(torch.log(attention.clamp_min(1e-30)), group, n_groups)
+        tiny = torch.finfo(attention.dtype).tiny                # only exact zeros (underflow) are clamped
+        return within_share_loss(torch.log(attention.clamp_min(tiny)), group, n_groups)
     if form == "variance":
         return segment_variance_loss(attention * attention.shape[0], group, n_groups)
     if form == "reference-l2":

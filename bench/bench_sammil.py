@@ -1,0 +1,146 @@
+"""SAM-MIL vs AB-MIL and the paper's ablations on the project's cohorts, with paired intervals.
+
+Every fit of a suite uses the same store, the same ``--seed`` (hence the same splits) and the same common
+arguments; the paired comparison is ``samtrain compare`` (95 % bootstrap interval of the mean per-fold
+difference over folds x repeats). Fits already finished are reused (``samtrain fit`` resumes), so a suite
+can be stopped and re-run.
+
+    python bench/bench_sammil.py demo     --out /tmp/acc      # demo cohort, 5 folds x 3 repeats, ablations
+    python bench/bench_sammil.py rare     --out /tmp/acc      # 72 slides of 5k-15k patches, rare lesions
+    python bench/bench_sammil.py realsize --out /tmp/acc      # 60 slides of 5k-50k patches
+    python bench/bench_sammil.py medium   --out /tmp/acc      # fixtures' medium preset, converted
+    python bench/bench_sammil.py tune     --out /tmp/acc      # nested --search for the defaults
+
+Each suite writes ``OUT/<suite>/section.md`` (tables + the commands).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+SAMTRAIN = str(BIN / "samtrain")
+CLAM2SAM = str(BIN / "clam2sam")
+
+ABLATIONS = [
+    ("sammil", "SAM-MIL (defaults)", ["--model", "sam-mil"]),
+    ("abmil", "AB-MIL (defaults)", ["--model", "abmil"]),
+    ("t2_no_gf", "Table 2: w/o group features", ["--model", "sam-mil", "--no-group-features"]),
+    ("t2_no_sg2m", "Table 2/3: w/o SG2M (--mask none)", ["--model", "sam-mil", "--mask", "none"]),
+    ("t2_no_pb", "Table 2: w/o pseudo-bags (--alpha 0)", ["--model", "sam-mil", "--alpha", "0"]),
+    ("t2_no_con", "Table 2: w/o consistency (--beta 0)", ["--model", "sam-mil", "--beta", "0"]),
+    ("t3_random", "Table 3: mask random (all tokens)", ["--model", "sam-mil", "--mask", "random"]),
+    ("t3_nongroup", "Table 3: mask non-group", ["--model", "sam-mil", "--mask", "non-group"]),
+    ("t4_constant", "Table 4: ratio constant", ["--model", "sam-mil", "--ratio-fn", "constant"]),
+    ("t4_linear", "Table 4: ratio linear", ["--model", "sam-mil", "--ratio-fn", "linear"]),
+]
+CORE = ABLATIONS[:2]
+
+
+def sh(cmd: list[str], log) -> None:
+    log(f"$ {shlex.join(cmd)}")
+    t = time.perf_counter()
+    p = subprocess.run(cmd, cwd=str(ROOT), capture_output=True, text=True)
+    if p.returncode != 0:
+        raise RuntimeError(f"{shlex.join(cmd)} failed ({p.returncode}):\n{p.stderr[-3000:]}")
+    log(f"  ({time.perf_counter() - t:.0f} s)")
+    return p
+
+
+def store_for(suite: str, work: Path, log) -> Path:
+    work.mkdir(parents=True, exist_ok=True)
+    if suite in ("demo", "tune"):
+        store = work / "demo.zarr"
+        if not (store / "zarr.json").exists():
+            sh([CLAM2SAM, "convert", str(ROOT / "fixtures/demo"), "--segments-dir", str(ROOT / "fixtures/demo/segments"),
+                "--dataset-csv", str(ROOT / "fixtures/demo/dataset.csv"), "--out", str(store), "-q"], log)
+        return store
+    if suite == "medium":
+        arch, store = work / "medium_archive", work / "medium.zarr"
+        if not (store / "zarr.json").exists():
+            sh([sys.executable, str(ROOT / "fixtures/make_fixtures.py"), "--preset", "medium", "--out", str(arch),
+                "--recreate", "--quiet"], log)
+            sh([CLAM2SAM, "convert", str(arch), "--segments-dir", str(arch / "segments"), "--dataset-csv",
+                str(arch / "dataset.csv"), "--out", str(store), "-q"], log)
+        return store
+    store = work / f"{suite}.zarr"
+    if not (store / "zarr.json").exists():
+        sh([sys.executable, str(ROOT / "fixtures/cohorts.py"), suite, str(store)], log)
+    return store
+
+
+SUITES = {
+    # name: (fits, common args)
+    "demo": (ABLATIONS, ["--folds", "5", "--repeats", "3", "--max-epochs", "30", "--lr", "1e-3", "--cache"]),
+    "medium": (CORE, ["--folds", "5", "--repeats", "3", "--max-epochs", "20", "--cache"]),
+    "rare": (CORE, ["--folds", "3", "--max-epochs", "20", "--cache"]),
+    "realsize": (CORE, ["--folds", "5", "--max-epochs", "10"]),
+}
+
+
+def run_suite(suite: str, out: Path, extra: list[str], log) -> str:
+    work = out / suite
+    store = store_for(suite, out / "stores", log)
+    fits, common = SUITES[suite]
+    common = common + ["--seed", "2021", "--threads", "1", "-q"] + extra
+    rows, cmds = [], []
+    for key, label, args in fits:
+        run = work / key
+        cmd = [SAMTRAIN, "fit", str(store), "--out", str(run), *args, *common]
+        cmds.append(shlex.join(["samtrain", *cmd[1:]]))
+        if not (run / "results.json").exists():
+            sh(cmd, log)
+        r = json.loads((run / "results.json").read_text())
+        a = r["summary"]["test"]["auc"]
+        rows.append((key, label, a, r.get("flagged_folds", []), r["summary"].get("test_auc_pooled")))
+    lines = [f"### {suite}: store `{store.name}`", "", "| run | test AUC mean ± sd | median [IQR] | flagged folds |",
+             "|---|---|---|---|"]
+    for key, label, a, flagged, _ in rows:
+        lines.append(f"| {label} | {a['mean']:.3f} ± {a['std']:.3f} | {a['median']:.3f} [{a['q1']:.3f}, {a['q3']:.3f}] "
+                     f"| {len(flagged)} {('(' + ', '.join(flagged) + ')') if flagged else ''} |")
+    # paired comparisons with the project's tool
+    pairs = [("sammil", "abmil")] + [(k, "sammil") for k, _, _ in fits[2:]]
+    lines += ["", "Paired differences (A - B) per fold, 95 % bootstrap interval over folds x repeats "
+              "(`samtrain compare A B --json`):", "", "| A | B | mean Δ test AUC | 95 % CI | A better / folds |",
+              "|---|---|---|---|---|"]
+    for a_key, b_key in pairs:
+        p = sh([SAMTRAIN, "compare", str(work / a_key), str(work / b_key), "--json", "--out",
+                str(work / f"compare_{a_key}_vs_{b_key}")], log)
+        res = json.loads(p.stdout)
+        d = res["comparisons"][0]["metrics"]["test AUC"]
+        lines.append(f"| {a_key} | {b_key} | {d['mean_diff']:+.3f} | [{d['lo']:+.3f}, {d['hi']:+.3f}] | "
+                     f"{d['wins']} / {d['n']} |")
+    lines += ["", "Commands (run from the repository root):", "", "```bash",
+              f"python fixtures/cohorts.py {suite} STORE   # or the conversion in bench/bench_sammil.py:store_for",
+              *cmds, "```"]
+    text = "\n".join(lines) + "\n"
+    (work / "section.md").write_text(text)
+    return text
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("suite", choices=list(SUITES))
+    ap.add_argument("--out", default="/tmp/acc")
+    ap.add_argument("extra", nargs="*", help="extra samtrain fit arguments for every fit (after --)")
+    a = ap.parse_args(argv)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    logf = (out / f"{a.suite}.log").open("a")
+
+    def log(msg):
+        print(msg, file=sys.stderr, flush=True)
+        print(msg, file=logf, flush=True)
+
+    print(run_suite(a.suite, out, a.extra, log))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
