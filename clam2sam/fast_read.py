@@ -102,12 +102,12 @@ def _crc32c(data) -> int:
     return value(data if isinstance(data, (bytes, np.ndarray)) else bytes(data))
 
 
-def _pread_crc(fd: int, dest: np.ndarray, offset: int, what: str) -> int:
-    """Fill ``dest`` (uint8, contiguous) from ``fd`` at ``offset`` and return its CRC32C, computed piece by
-    piece right after each piece is read, while it is still in the CPU cache (one pass over memory, not two)."""
+def _pread_crc(fd: int, dest: np.ndarray, offset: int, what: str, crc: int = 0) -> int:
+    """Fill ``dest`` (uint8, contiguous) from ``fd`` at ``offset`` and return the CRC32C of the bytes read
+    (continuing ``crc``), computed piece by piece right after each piece is read, while it is still in the CPU
+    cache (one pass over memory, not two)."""
     from google_crc32c import extend
 
-    crc = 0
     for a in range(0, dest.nbytes, _CRC_PIECE):
         piece = dest[a:a + _CRC_PIECE]
         _pread_into(fd, piece, offset + a, what)
@@ -336,14 +336,14 @@ def _read_shard(fd: int, name: str, out: np.ndarray, rows: int, n_inner: int, fi
         if crc:                                                    # verified before it is used or decoded
             enc = nbs[k] - 4
             stored_crc = _stored_crc(fd, offs[k] + enc, f"shard {name}")
-            if not blosc and b - a == chunk_bytes:                 # raw: straight into the output
-                _verify_chunk(None, stored_crc, name, k, _pread_crc(fd, flat[a:b], offs[k], f"shard {name}"))
+            if not blosc:                                          # raw: straight into the output
+                got = _pread_crc(fd, flat[a:b], offs[k], f"shard {name}")
+                if b - a < chunk_bytes:                            # partial last chunk: its padding aside
+                    got = _pread_crc(fd, _scratch(chunk_bytes - (b - a)), offs[k] + b - a, f"shard {name}", got)
+                _verify_chunk(None, stored_crc, name, k, got)
                 return
             src = _scratch(enc)
             _verify_chunk(None, stored_crc, name, k, _pread_crc(fd, src, offs[k], f"shard {name}"))
-            if not blosc:                                          # raw partial last chunk: its prefix
-                flat[a:b] = src[: b - a]
-                return
         else:
             src = _scratch(nbs[k])
             _pread_into(fd, src, offs[k], f"shard {name}")
