@@ -92,3 +92,61 @@ def test_random_mode_masks_all_tokens_at_mr():
     assert all(k.numel() == 50 for k in keeps)
     # group tokens are masked too in the "full-feature" random mask
     assert any(not ({90, 91, 92} <= set(k.tolist())) for k in keeps)
+
+
+def test_relative_size_unit_is_size_over_the_slides_mean_segment():
+    b = _bag([0] * 10 + [1] * 20 + [2] * 30 + [-1] * 5, S=3)
+    mg = mask_groups(b.segment_ids, b.segment_sizes, b.segment_sam_area, b.patch_sam_area, area_unit="relative-size")
+    assert mg.area.tolist() == pytest.approx([0.5, 1.0, 1.5, 0.0])
+    # default a = 2, b = -2: R(1) = 0.5 at the mean segment
+    r = group_ratios(mg.area, mg.is_segment, "sigmoid", 2.0, -2.0)
+    assert r.tolist() == pytest.approx([1 / (1 + math.exp(1.0)), 0.5, 1 / (1 + math.exp(-1.0)), 1 / (1 + math.exp(2.0))])
+
+
+class _Reader:
+    """Minimal stand-in for a store reader: the four SG2M arrays of a few slides."""
+
+    def __init__(self, slides):
+        self.slides = slides
+
+    def read_array(self, sid, name):
+        import numpy as np
+
+        seg = np.asarray(self.slides[sid], np.int32)
+        S = int(seg.max()) + 1
+        sizes = np.bincount(seg[seg >= 0], minlength=S).astype(np.int64)
+        return {"segment_ids": seg, "segment_sizes": sizes, "segment_sam_area": sizes * 10,
+                "patch_sam_area": np.where(seg >= 0, sizes[np.maximum(seg, 0)] * 10, 1)}[name]
+
+
+def test_ratio_spread_values_and_default_unit_spreads_over_segment_sizes():
+    import numpy as np
+
+    from trainer.config import TrainConfig
+    from trainer.masking import ratio_spread
+
+    rng = np.random.default_rng(0)
+    slides = {}
+    for j in range(4):                                   # 20 segments of log-normal sizes per slide
+        sizes = np.maximum(2, rng.lognormal(4.0, 0.9, 20).astype(int))
+        slides[f"s{j}"] = np.concatenate([np.repeat(np.arange(20), sizes), -np.ones(30, int)])
+    reader = _Reader(slides)
+    cfg = TrainConfig(store="x", out="y").resolve()      # defaults: relative-size, a = 2, b = -2, MR 0.9
+    sp = ratio_spread(reader, list(slides), cfg)
+    # recompute by hand
+    allr, dropped = [], []
+    for seg in slides.values():
+        sizes = np.bincount(seg[seg >= 0])
+        r = 0.9 / (1 + np.exp(-(2.0 * sizes / sizes.mean() - 2.0)))
+        allr.append(r)
+        n_un = (seg < 0).sum()
+        dropped.append(((sizes * r).sum() + n_un * 0.9 / (1 + np.exp(2.0))) / len(seg))
+    allr = np.concatenate(allr)
+    assert sp["n_segments"] == 80
+    assert sp["p50"] == pytest.approx(np.percentile(allr, 50))
+    assert sp["share_above_0.8"] == pytest.approx((allr > 0.8).mean())
+    assert sp["mean_patch_share_dropped"] == pytest.approx(np.mean(dropped))
+    assert sp["p90"] - sp["p10"] > 0.4                   # a real spread over segment sizes
+    # the older unit (share of the slide, centre at 1 %) masks nearly every segment above 0.8
+    old = ratio_spread(reader, list(slides), TrainConfig(store="x", out="y", area_unit="patch-fraction").resolve())
+    assert old["share_above_0.8"] > 0.7 and sp["share_above_0.8"] < 0.3
