@@ -101,6 +101,25 @@ def cli() -> None:
     """
 
 
+class LazyConsole:
+    """A rich Console made on first use: a command that has nothing to draw or say on a stream (``--quiet``,
+    ``--json`` on a pipe) never imports rich, a noticeable share of its start-up."""
+
+    def __init__(self, **kwargs):
+        self._kwargs, self._console = kwargs, None
+
+    def real(self):
+        """The rich Console itself (for rich objects that take one, e.g. a Progress)."""
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(**self._kwargs)
+        return self._console
+
+    def __getattr__(self, name):
+        return getattr(self.real(), name)
+
+
 def run_cli(group: click.Group, argv=None) -> None:
     """Run a click group with the project's single error boundary."""
     try:

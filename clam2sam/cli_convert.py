@@ -5,11 +5,9 @@ import json
 from pathlib import Path
 
 import click
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from rich.table import Table
 
 from clam2sam import options as opt
+from clam2sam.cli import LazyConsole
 from clam2sam.convert import REPORT_NAME, ConvertOptions, convert_cohort
 from clam2sam.discover import LAYOUTS
 
@@ -46,7 +44,9 @@ _KEYS = ("layout", "features_dir", "pt_dir", "patches_dir", "sam_info_dir", "seg
          "codec", "clevel", "dask_scheduler", "dask_local")
 
 
-def _summary(console: Console, report, out: Path, report_path: Path) -> None:
+def _summary(console, report, out: Path, report_path: Path) -> None:
+    from rich.table import Table
+
     t = Table(title=f"clam2sam convert -> {out}")
     for c in ("slide", "status", "patches", "segments", "seconds"):
         t.add_column(c, overflow="fold")
@@ -141,14 +141,17 @@ def command(archive: Path, out: Path, no_process_list: bool, slides, report_path
                              checksums=False if no_checksums or checksums == "none" else
                              ("all" if checksums == "all" else True),
                              **{k: kwargs[k] for k in _KEYS if k in kwargs})
-    console = Console(stderr=True)
+    console = LazyConsole(stderr=True)   # rich only when something is drawn or said (not with -q on success)
     rp = report_path or out / REPORT_NAME
     if quiet:
         report = convert_cohort(options, segment_provider=provider)
     else:
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                   TimeRemainingColumn)
+
         cols = (TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
                 TimeElapsedColumn(), TimeRemainingColumn())
-        with Progress(*cols, console=console, transient=False) as bar:
+        with Progress(*cols, console=console.real(), transient=False) as bar:
             task = bar.add_task("converting", total=None)
 
             def progress(sid, done, total):

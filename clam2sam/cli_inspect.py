@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from clam2sam.cli import LazyConsole
 from clam2sam.errors import StoreError
 from clam2sam.stats import QUANTILE_KEYS, cohort_stats, flatten_scalars, slide_stats, to_json
 from clam2sam.store_reader import open_store
@@ -36,21 +37,6 @@ Examples:
 The summary goes to stdout (with --json: only the JSON object); progress and notes go to stderr.
 Exit codes: 0 ok, 1 --check found a problem / store or slide unreadable, 2 usage error.
 """
-
-
-class _LazyConsole:
-    """A rich Console made on first use: `inspect --json` on a pipe, with nothing to say on stderr, never
-    imports rich (a noticeable share of the command's start-up)."""
-
-    def __init__(self, **kwargs):
-        self._kwargs, self._console = kwargs, None
-
-    def __getattr__(self, name):
-        if self._console is None:
-            from rich.console import Console
-
-            self._console = Console(**self._kwargs)
-        return getattr(self._console, name)
 
 
 def _stderr_is_plain() -> bool:
@@ -87,7 +73,7 @@ def _progress(err):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=err, transient=True)
+                    console=err.real(), transient=True)
 
 
 @click.command("inspect", epilog=EPILOG)
@@ -113,7 +99,7 @@ def command(ctx, store, slide_id, as_json, do_check, no_source_check, plot_dir, 
     (share of patches in a segment), segment sizes and areas, group-feature norms, membership rule,
     SAM provenance and the store's size and compression ratio.
     """
-    err = _LazyConsole(stderr=True)
+    err = LazyConsole(stderr=True)
     result = {}
     check: CheckResult | None = None
     if do_check:

@@ -14,11 +14,9 @@ unless ``skip_errors``; completed slides are always kept. A JSON report is writt
 """
 from __future__ import annotations
 
-import multiprocessing as mp
 import os
 import pickle
 import shutil
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -371,6 +369,9 @@ def _run(o: ConvertOptions, writer: StoreWriter, pending, report: Report, provid
                 return
     jobs = [(sid, j) for sid, j in pending if isinstance(j, SlideJob)]
     threads = max(1, encode_threads() // workers)  # the CPUs are shared out: no oversubscription
+    import multiprocessing as mp                      # only with --workers N: not loaded otherwise
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
     with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"), initializer=_worker_init,
                              initargs=(threads,)) as ex:
         futs = {ex.submit(run_job_safe, j, provider): sid for sid, j in jobs}

@@ -89,7 +89,7 @@ try:
           "--slides-dir", {str(ref / 'slides')!r}, "--level-downsample", "ihc_tiled=1:2", "--out", {str(out)!r}, "-q"])
 except SystemExit as e:
     print("RC", e.code)
-print("HEAVY", sorted(m for m in ("zarr", "torch", "matplotlib", "sklearn", "dask") if m in sys.modules))
+print("HEAVY", sorted(m for m in ("zarr", "torch", "matplotlib", "sklearn", "dask", "rich") if m in sys.modules))
 """
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert "RC 0" in p.stdout and "HEAVY []" in p.stdout, p.stdout + p.stderr[-3000:]
