@@ -240,7 +240,9 @@ def read_whole_array(array_dir: str | os.PathLike, *, threads: int | None = None
     ``threads``: read/decode threads (default :func:`read_threads`); 1 reads serially in the caller.
     ``missing_shard``: what an absent shard file of a non-empty array means: ``"fill"`` (Zarr's rule: every
     chunk equals the fill value; what zarr itself writes for such arrays) or ``"error"`` (the store's own
-    writer always writes the shard, so for its arrays a missing shard is damage).
+    writer always writes the shard, so for its arrays a missing shard is damage). ``"error"`` applies to arrays
+    with per-chunk checksums only: stores written before them may come from zarr's own writer, which leaves
+    out the shard of an all-fill array (e.g. all-zero SAM areas), so there the fill rule stays.
 
     Raises:
         ValueError: the shard is truncated, its index or a chunk's checksum does not match, a chunk is
@@ -262,7 +264,7 @@ def read_whole_array(array_dir: str | os.PathLike, *, threads: int | None = None
     try:
         fd = os.open(shard_file, os.O_RDONLY)
     except FileNotFoundError:                                       # every chunk equal to the fill value
-        if missing_shard == "error":
+        if missing_shard == "error" and crc:
             raise ValueError(f"shard file {shard_file} is missing (the array has {shape[0]} rows: deleted or "
                              "lost file)") from None
         _fill(out, 0, shape[0], fill)
