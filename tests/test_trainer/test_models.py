@@ -98,3 +98,20 @@ def test_masked_bag_keeps_group_tokens_and_reduces_patches():
     groups = m.sg2m.groups(bag)
     dropped = sum(int((groups.group_of_patch == k).sum()) // 2 for k in range(groups.n_groups))
     assert out["n_kept"] == 404 - dropped
+
+
+@pytest.mark.parametrize("backbone", ["abmil", "abmil-gated"])
+def test_sub_bag_pooling_in_one_product_equals_the_per_sub_bag_head(backbone):
+    torch.manual_seed(0)
+    m = build_model(backbone, 16, 2, cfg(model="abmil")).eval()
+    bag = make_bag(N=50)
+    h = m.embed(m.tokens(bag))
+    c = m.instance_cache(h)
+    g = torch.Generator().manual_seed(1)
+    rows = [torch.randperm(h.shape[0], generator=g)[:k].sort().values for k in (30, 7, 1, 50)]
+    subsets = torch.zeros(len(rows), h.shape[0], dtype=torch.bool)
+    for i, r in enumerate(rows):
+        subsets[i, r] = True
+    fast = m.pool_subsets(h, c, subsets)
+    slow = torch.cat([m.head(h[r], c[r])["logits"] for r in rows])
+    assert torch.allclose(fast, slow, atol=1e-5)

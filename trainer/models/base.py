@@ -97,6 +97,17 @@ class MILModel(nn.Module):
         out["n_patches"] = bag.n_patches
         return out
 
+    def pool_subsets(self, h: torch.Tensor, cache: torch.Tensor, subsets: torch.Tensor) -> torch.Tensor:
+        """Logits ``(P, C)`` of P sub-bags given as boolean rows ``subsets`` ``(P, T)`` (attention pooling).
+
+        Equal to ``head(h[idx], cache[idx])["logits"]`` for each row's indices: softmax of the attention
+        logits over the row's tokens, one ``(P, T) x (T, E)`` product for all rows. For models with
+        ``attention_pooling`` (attention logits in ``cache``, a ``classifier`` on the pooled embedding).
+        """
+        s = cache.unsqueeze(0).masked_fill(~subsets, float("-inf"))   # (P, T)
+        a = torch.softmax(s, dim=1)                                    # (P, T), 0 outside each row
+        return self.classifier(a @ h)                                  # (P, C)
+
     def instance_logits(self, h: torch.Tensor, cache: torch.Tensor | None = None) -> torch.Tensor | None:
         """``(T, C)``: the logits of a bag holding only instance i; None for models without them."""
         return None

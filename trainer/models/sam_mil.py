@@ -71,15 +71,26 @@ class SAMMIL(MILModel):
         groups = self.sg2m.groups(bag)
         keep = self.sg2m(bag, self.n_group_tokens(bag), groups)   # (K,)
 
-        masked = self.head(h[keep], self._take(c, keep))
-        l_cls = F.cross_entropy(masked["logits"], y)
+        parts = (pseudo_bag_indices(keep.numel(), self.m, device=keep.device)
+                 if self.alpha > 0 and self.m > 1 else [])
+        if self.backbone.attention_pooling:
+            # masked bag and pseudo-bags in one (1 + m, T) x (T, E) product: no per-sub-bag gathers of h
+            subsets = torch.zeros(1 + len(parts), h.shape[0], dtype=torch.bool, device=h.device)
+            subsets[0, keep] = True
+            for i, p in enumerate(parts):
+                subsets[1 + i, keep[p]] = True
+            logits = self.backbone.pool_subsets(h, c, subsets)    # (1 + m, C)
+            masked_logits, part_logits = logits[:1], logits[1:]
+        else:
+            masked_logits = self.head(h[keep], self._take(c, keep))["logits"]
+            part_logits = (torch.cat([self.head(h[keep[p]], self._take(c, keep[p]))["logits"] for p in parts])
+                           if parts else None)
+        l_cls = F.cross_entropy(masked_logits, y)
         loss = l_cls
-        out = {"ce": l_cls, "logits": masked["logits"].detach(), "n_kept": int(keep.numel())}
+        out = {"ce": l_cls, "logits": masked_logits.detach(), "n_kept": int(keep.numel())}
 
-        if self.alpha > 0 and self.m > 1:
-            parts = pseudo_bag_indices(keep.numel(), self.m, device=keep.device)
-            l_p = torch.stack([F.cross_entropy(self.head(h[keep[p]], self._take(c, keep[p]))["logits"], y)
-                               for p in parts]).mean()
+        if parts:
+            l_p = F.cross_entropy(part_logits, y.expand(part_logits.shape[0]))   # mean over pseudo-bags
             loss = loss + self.alpha * l_p
             out["pb"] = l_p
         if self.max_instance_weight > 0 and self.backbone.attention_pooling:
