@@ -243,3 +243,22 @@ def test_plain_progress_writes_what_rich_writes_to_a_pipe(tasks, monkeypatch):
     assert fake.getvalue() == buf.getvalue() == "\n"
     monkeypatch.setenv("FORCE_COLOR", "1")
     assert not cli_inspect._stderr_is_plain()
+
+
+@pytest.mark.parametrize("which,package", [(0, "clam2sam"), (1, "trainer")])
+def test_every_command_module_command_is_registered(which, package):
+    """Registration is explicit: a command defined in a cli_*.py module but missing from the registry would
+    silently vanish from the tool."""
+    from pathlib import Path
+
+    group, registry = _groups()[which]
+    pkg_dir = Path(importlib.import_module(package).__file__).parent
+    defined = {}
+    for f in sorted(pkg_dir.glob("cli_*.py")):
+        mod = importlib.import_module(f"{package}.{f.stem}")
+        for attr, obj in vars(mod).items():
+            if (isinstance(obj, click.Command) and obj.callback is not None
+                    and obj.callback.__module__ == mod.__name__):      # defined here, not imported
+                defined[obj.name] = f"{mod.__name__}:{attr}"
+    assert defined, package
+    assert {k: v[0] for k, v in registry.items()} == defined
