@@ -119,9 +119,15 @@ def run_suite(suite: str, out: Path, extra: list[str], log) -> str:
         d = res["comparisons"][0]["metrics"]["test AUC"]
         lines.append(f"| {a_key} | {b_key} | {d['mean_diff']:+.3f} | [{d['lo']:+.3f}, {d['hi']:+.3f}] | "
                      f"{d['wins']} / {d['n']} |")
-    lines += ["", "Commands (run from the repository root):", "", "```bash",
-              f"python fixtures/cohorts.py {suite} STORE   # or the conversion in bench/bench_sammil.py:store_for",
-              *cmds, "```"]
+    if suite in ("demo", "ablations"):
+        make = (f"clam2sam convert fixtures/demo --segments-dir fixtures/demo/segments --dataset-csv "
+                f"fixtures/demo/dataset.csv --out {store} -q")
+    elif suite == "medium":
+        make = f"python fixtures/make_fixtures.py --preset medium --out ARCHIVE && clam2sam convert ARCHIVE ... --out {store}"
+    else:
+        make = f"python fixtures/cohorts.py {suite} {store}"
+    lines += ["", f"Commands (run from the repository root; `python bench/bench_sammil.py {suite} --out {out}` runs "
+              "them all and the comparisons):", "", "```bash", make, *cmds, "```"]
     text = "\n".join(lines) + "\n"
     (work / "section.md").write_text(text)
     return text
