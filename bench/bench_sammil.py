@@ -43,6 +43,8 @@ ABLATIONS = [
     ("t4_linear", "Table 4: ratio linear", ["--model", "sam-mil", "--ratio-fn", "linear"]),
 ]
 CORE = ABLATIONS[:2]
+# the medium preset with smaller bags (200-500 patches) so that 2 models x 5 folds x 3 repeats fit on 2 cores
+MEDIUM_OVERRIDES = ["--min-patches", "200", "--max-patches", "500", "--snr", "6", "--tumour-frac", "0.02,0.06"]
 
 
 def sh(cmd: list[str], log) -> None:
@@ -67,7 +69,7 @@ def store_for(suite: str, work: Path, log) -> Path:
         arch, store = work / "medium_archive", work / "medium.zarr"
         if not (store / "zarr.json").exists():
             sh([sys.executable, str(ROOT / "fixtures/make_fixtures.py"), "--preset", "medium", "--out", str(arch),
-                "--recreate", "--quiet"], log)
+                *MEDIUM_OVERRIDES, "--recreate", "--quiet"], log)
             sh([CLAM2SAM, "convert", str(arch), "--segments-dir", str(arch / "segments"), "--dataset-csv",
                 str(arch / "dataset.csv"), "--out", str(store), "-q"], log)
         return store
@@ -81,7 +83,7 @@ SUITES = {
     # name: (fits, common args); "demo" = the core pair at 5 x 3, "ablations" = every ablation at 5 x 1
     "demo": (CORE, ["--folds", "5", "--repeats", "3", "--max-epochs", "20", "--lr", "1e-3", "--cache"]),
     "ablations": (ABLATIONS, ["--folds", "5", "--repeats", "1", "--max-epochs", "20", "--lr", "1e-3", "--cache"]),
-    "medium": (CORE, ["--folds", "5", "--repeats", "3", "--max-epochs", "20", "--cache"]),
+    "medium": (CORE, ["--folds", "5", "--repeats", "3", "--max-epochs", "20", "--lr", "1e-3", "--cache"]),
     "rare": (CORE, ["--folds", "3", "--max-epochs", "20", "--cache"]),
     "realsize": (CORE, ["--folds", "5", "--max-epochs", "10", "--cache"]),
 }
@@ -123,7 +125,9 @@ def run_suite(suite: str, out: Path, extra: list[str], log) -> str:
         make = (f"clam2sam convert fixtures/demo --segments-dir fixtures/demo/segments --dataset-csv "
                 f"fixtures/demo/dataset.csv --out {store} -q")
     elif suite == "medium":
-        make = f"python fixtures/make_fixtures.py --preset medium --out ARCHIVE && clam2sam convert ARCHIVE ... --out {store}"
+        make = (f"python fixtures/make_fixtures.py --preset medium --out ARCHIVE {' '.join(MEDIUM_OVERRIDES)} && "
+                f"clam2sam convert ARCHIVE --segments-dir ARCHIVE/segments --dataset-csv ARCHIVE/dataset.csv "
+                f"--out {store}")
     else:
         make = f"python fixtures/cohorts.py {suite} {store}"
     lines += ["", f"Commands (run from the repository root; `python bench/bench_sammil.py {suite} --out {out}` runs "
