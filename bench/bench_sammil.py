@@ -85,7 +85,7 @@ SUITES = {
     "ablations": (ABLATIONS, ["--folds", "5", "--repeats", "1", "--max-epochs", "20", "--lr", "1e-3", "--cache"]),
     "medium": (CORE, ["--folds", "5", "--repeats", "3", "--max-epochs", "20", "--lr", "1e-3", "--cache"]),
     "rare": (CORE, ["--folds", "3", "--max-epochs", "20", "--cache"]),
-    "realsize": (CORE, ["--folds", "5", "--max-epochs", "10", "--cache"]),
+    "realsize": (CORE, ["--folds", "3", "--max-epochs", "10", "--cache"]),
 }
 
 
