@@ -9,7 +9,8 @@ can be stopped and re-run.
     python bench/bench_sammil.py ablations --out /tmp/acc     # demo cohort, Tables 2-4 ablations, 5 folds x 1
     python bench/bench_sammil.py rare     --out /tmp/acc      # 72 slides of 5k-15k patches, rare lesions
     python bench/bench_sammil.py realsize --out /tmp/acc      # 60 slides of 5k-50k patches
-    python bench/bench_sammil.py medium   --out /tmp/acc      # fixtures' medium preset, converted
+    python bench/bench_sammil.py medium   --out /tmp/acc      # fixtures' medium preset (smaller bags), 5 x 3
+    python bench/bench_sammil.py medium-ablations --out /tmp/acc   # the ablations on it, 5 x 1
 
 Each suite writes ``OUT/<suite>/section.md`` (tables + the commands).
 """
@@ -65,7 +66,7 @@ def store_for(suite: str, work: Path, log) -> Path:
             sh([CLAM2SAM, "convert", str(ROOT / "fixtures/demo"), "--segments-dir", str(ROOT / "fixtures/demo/segments"),
                 "--dataset-csv", str(ROOT / "fixtures/demo/dataset.csv"), "--out", str(store), "-q"], log)
         return store
-    if suite == "medium":
+    if suite in ("medium", "medium-ablations"):
         arch, store = work / "medium_archive", work / "medium.zarr"
         if not (store / "zarr.json").exists():
             sh([sys.executable, str(ROOT / "fixtures/make_fixtures.py"), "--preset", "medium", "--out", str(arch),
@@ -84,6 +85,8 @@ SUITES = {
     "demo": (CORE, ["--folds", "5", "--repeats", "3", "--max-epochs", "20", "--lr", "1e-3", "--cache"]),
     "ablations": (ABLATIONS, ["--folds", "5", "--repeats", "1", "--max-epochs", "20", "--lr", "1e-3", "--cache"]),
     "medium": (CORE, ["--folds", "5", "--repeats", "3", "--max-epochs", "20", "--lr", "1e-3", "--cache"]),
+    "medium-ablations": (ABLATIONS, ["--folds", "5", "--repeats", "1", "--max-epochs", "20", "--lr", "1e-3",
+                                     "--cache"]),
     "rare": (CORE, ["--folds", "3", "--max-epochs", "20", "--cache"]),
     "realsize": (CORE, ["--folds", "3", "--max-epochs", "10", "--cache"]),
 }
@@ -124,7 +127,7 @@ def run_suite(suite: str, out: Path, extra: list[str], log) -> str:
     if suite in ("demo", "ablations"):
         make = (f"clam2sam convert fixtures/demo --segments-dir fixtures/demo/segments --dataset-csv "
                 f"fixtures/demo/dataset.csv --out {store} -q")
-    elif suite == "medium":
+    elif suite in ("medium", "medium-ablations"):
         make = (f"python fixtures/make_fixtures.py --preset medium --out ARCHIVE {' '.join(MEDIUM_OVERRIDES)} && "
                 f"clam2sam convert ARCHIVE --segments-dir ARCHIVE/segments --dataset-csv ARCHIVE/dataset.csv "
                 f"--out {store}")
