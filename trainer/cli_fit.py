@@ -11,17 +11,18 @@ from trainer.config import (ATTN_INITS, AREA_UNITS, CON_FORMS, DEFAULT_SIGMOID_A
 
 EPILOG = """\b
 Examples:
-  samtrain fit cohort.zarr --out runs/sammil                      # SAM-MIL, 5-fold CV, paper defaults
+  samtrain fit cohort.zarr --out runs/sammil                      # SAM-MIL, 5-fold CV, shipped defaults
   samtrain fit cohort.zarr --out runs/abmil --model abmil         # AB-MIL baseline, same splits (same seed)
   samtrain fit cohort.zarr --out runs/r3 --repeats 3 --folds 5    # 3 x 5-fold with seeds 2021..2023
   samtrain fit cohort.zarr --out runs/t3 --mask random            # paper Table 3 ablation
   samtrain fit cohort.zarr --out runs/t4 --ratio-fn linear        # paper Table 4 ablation
   samtrain fit cohort.zarr --out runs/ref --reference-sigmoid     # reference area unit and values
   samtrain fit cohort.zarr --out runs/s --labels labels.csv --splits clam/splits/task_1_100
+  samtrain fit cohort.zarr --out runs/tuned --search beta=0,0.1,1 --inits 2   # nested selection
 \b
 Re-running the same command resumes an interrupted run (finished folds are kept).
 Outputs: config.json, splits.json, fold_*/metrics.csv, fold_*/best.pt, fold_*/last.pt,
-fold_*/predictions.csv, results.json, summary.md.
+fold_*/predictions.csv, results.json (with flags for degenerate folds), summary.md, report/index.html.
 """
 
 
