@@ -24,19 +24,11 @@ if __package__ in (None, ""):
 
 from bench._common import PY, ROOT, Ctx, Section, md_table  # noqa: E402
 
+from bench.bench_sammil import ABLATIONS  # noqa: E402  (one list of the paper's ablations)
+
 # (key, table, label, extra samtrain args)
-CONFIGS = [
-    ("abmil", "baseline", "AB-MIL", ["--model", "abmil"]),
-    ("sammil", "full", "SAM-MIL (full: group tokens, SG2M sigmoid, pseudo-bags, consistency)", ["--model", "sam-mil"]),
-    ("t2_no_gf", "Table 2", "SAM-MIL w/o group features", ["--model", "sam-mil", "--no-group-features"]),
-    ("t2_no_mask", "Table 2 / 3", "SAM-MIL w/o SG2M masking (= --mask none)", ["--model", "sam-mil", "--mask", "none"]),
-    ("t2_no_pb", "Table 2", "SAM-MIL w/o pseudo-bags (--alpha 0)", ["--model", "sam-mil", "--alpha", "0"]),
-    ("t2_no_con", "Table 2", "SAM-MIL w/o consistency (--beta 0)", ["--model", "sam-mil", "--beta", "0"]),
-    ("t3_random", "Table 3", "mask random (all tokens)", ["--model", "sam-mil", "--mask", "random"]),
-    ("t3_nongroup", "Table 3", "mask non-group", ["--model", "sam-mil", "--mask", "non-group"]),
-    ("t4_constant", "Table 4", "ratio-fn constant", ["--model", "sam-mil", "--ratio-fn", "constant"]),
-    ("t4_linear", "Table 4", "ratio-fn linear", ["--model", "sam-mil", "--ratio-fn", "linear"]),
-]
+CONFIGS = [(key, label.split(":")[0] if ":" in label else {"abmil": "baseline", "sammil": "full"}.get(key, "extra"),
+            label, args) for key, label, args in ABLATIONS]
 QUICK_KEYS = ("abmil", "sammil")
 SAMTRAIN = [PY, "-m", "trainer"]
 

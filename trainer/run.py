@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import os
 import random
 import shutil
@@ -44,7 +43,7 @@ from trainer.models import build_model
 from trainer.report import NullProgress, make_progress, summary_table
 from trainer.masking import ratio_spread
 from trainer.protocol_checks import fold_flags, median_iqr, run_warnings
-from trainer.search import candidate_config, candidates, pick
+from trainer.search import candidate_config, candidates, pick, selection_key
 from trainer.splits import Split, check_no_case_leak, make_cv_splits, read_clam_splits
 
 METRIC_FIELDS = ("epoch", "lr", "train_loss", "train_ce", "train_pb", "train_con", "train_inst_max", "train_inst",
@@ -135,10 +134,8 @@ def _write_predictions(path: Path, parts: dict, classes: list[str]) -> None:
 
 
 def _score(cfg: TrainConfig, val_auc: float, val_loss: float) -> tuple:
-    """Model-selection key (higher is better): AUC then lower loss, or loss alone."""
-    if cfg.monitor == "loss" or not math.isfinite(val_auc):
-        return (-val_loss,)
-    return (val_auc, -val_loss)
+    """Model-selection key (higher is better): AUC then lower loss, or loss alone (as --search's choice)."""
+    return selection_key(val_auc, val_loss, cfg.monitor)
 
 
 # ------------------------------------------------------------------------------------------- a fold

@@ -13,6 +13,7 @@ from clam2sam import schema
 from clam2sam.convert import ConvertOptions, convert_cohort
 from clam2sam.coords_check import check_coords
 from clam2sam.errors import InputFormatError, SegmentsError
+from clam2sam.safe_load import load_pickle
 from clam2sam.segments_pickle import load_segments_pickle
 from clam2sam.store import open_store
 
@@ -54,7 +55,7 @@ def test_reference_membership_never_drops_a_mask_silently(tmp_path):
     """A far-away bbox used to give mask 1 no member under --membership reference, exit 0."""
     af.make_segmented_cohort(tmp_path / "arch", n_slides=2)
     pkl = tmp_path / "arch" / "segments" / "s1.pkl"
-    seg = pickle.loads(pkl.read_bytes())
+    seg = load_pickle(pkl)  # the allow-list loader, as for any pickle read
     seg[2]["bbox"] = [1e6, 1e6, 50, 50]
     pkl.write_bytes(pickle.dumps(seg))
     rep = convert_cohort(ConvertOptions(archive=tmp_path / "arch", out=tmp_path / "c.zarr",
