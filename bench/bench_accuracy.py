@@ -35,7 +35,7 @@ SAMTRAIN = [PY, "-m", "trainer"]
 
 def build_store(archive: Path, out: Path, ctx: Ctx) -> Path:
     """Convert the whole cohort once (resumes / reuses a complete store)."""
-    from clam2sam.convert import ConvertOptions, convert_cohort
+    from clam2sam.convert.cohort import ConvertOptions, convert_cohort
 
     t = time.perf_counter()
     rep = convert_cohort(ConvertOptions(archive=archive, out=out, segments_dir=archive / "segments",

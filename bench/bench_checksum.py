@@ -21,8 +21,8 @@ if __package__ in (None, ""):
 
 
 def _write(path: Path, slides, codec: str, checksum: bool) -> None:
-    from clam2sam import store as store_mod
-    from clam2sam.fast_write import write_array
+    from clam2sam.store import writer as store_mod
+    from clam2sam.store.fast_write import write_array
 
     real = store_mod.write_array
     store_mod.write_array = functools.partial(write_array, checksum=checksum)
@@ -55,7 +55,7 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     import numpy as np
 
-    from clam2sam.store import SlideArrays
+    from clam2sam.store.writer import SlideArrays
 
     rng = np.random.default_rng(0)
     side = int(np.ceil(np.sqrt(a.patches)))

@@ -54,7 +54,7 @@ def _child_convert(archive: Path, out: Path, slides: list[str], codec: str, work
     t0 = time.perf_counter()
     import torch  # noqa: F401 - imported lazily by the pt reader; a one-off cost kept out of the timing
 
-    from clam2sam.convert import ConvertOptions, convert_cohort
+    from clam2sam.convert.cohort import ConvertOptions, convert_cohort
 
     t, c = time.perf_counter(), _cpu()
     imports = t - t0
@@ -76,7 +76,7 @@ def _child_memprobe(archive: Path, smallest: str, largest: str, work: Path) -> N
 
     import torch  # noqa: F401
 
-    from clam2sam.convert import ConvertOptions, convert_cohort
+    from clam2sam.convert.cohort import ConvertOptions, convert_cohort
 
     def conv(sid, out):
         convert_cohort(ConvertOptions(archive=str(archive), out=str(out), segments_dir=str(archive / "segments"),
@@ -97,7 +97,7 @@ def _child_memprobe(archive: Path, smallest: str, largest: str, work: Path) -> N
 def _child_idle() -> None:
     import torch  # noqa: F401 - same imports as the converter child, nothing else
 
-    import clam2sam.convert  # noqa: F401
+    import clam2sam.convert.cohort  # noqa: F401
 
     emit({"seconds": 0.0})
 
@@ -185,7 +185,7 @@ def _h5(archive, slides, regime="warm"):
 
 
 def _conv(archive, out, slides, codec, workers, checksums, clevel=None, regime="warm"):
-    from clam2sam.store import resolve_clevel
+    from clam2sam.store.writer import resolve_clevel
 
     clevel = resolve_clevel(codec, clevel)
     shutil.rmtree(out, ignore_errors=True)
@@ -198,7 +198,7 @@ def _conv(archive, out, slides, codec, workers, checksums, clevel=None, regime="
 
 
 def _label(codec, workers, checksums, regime="warm"):
-    from clam2sam.store import DEFAULT_CLEVEL
+    from clam2sam.store.writer import DEFAULT_CLEVEL
 
     cl = f" (clevel {DEFAULT_CLEVEL[codec]})" if codec != "none" else ""
     return f"{codec}{cl}, {workers} worker{'s' if workers > 1 else ''}" + \
@@ -276,10 +276,10 @@ def run(ctx: Ctx, *, subset: int = 10, full: bool = True, configs: list | None =
             f"archive's block device throttled to {DISK_MIB_S} MiB/s (cgroup-v1 blkio, both processes alike), like "
             "an archive on a NAS or a hard disk; writes of the store are not throttled. Convert uses precomputed SAM-MIL segment pickles "
             "and the dataset CSV, default checksums (sha256 of every file stored from). Timers start after the "
-            f"imports (one-off `import torch` + `clam2sam.convert` in the child: median "
+            f"imports (one-off `import torch` + `clam2sam.convert.cohort` in the child: median "
             f"{median([x.get('import_s') for v in runs if v[0] != 'h5py' for x in runs[v]]):.1f} s, not included).",
             "", md_table(heads, rows), "",
-            f"Idle RSS of a process that only imports torch and `clam2sam.convert`: {idle['self_peak_rss_mb']:.0f} MB. "
+            f"Idle RSS of a process that only imports torch and `clam2sam.convert.cohort`: {idle['self_peak_rss_mb']:.0f} MB. "
             "Peak RSS of one process = max over repeats of getrusage(RUSAGE_SELF / RUSAGE_CHILDREN) of the "
             "converting process and its workers; whole tree = sampled sum over parent + workers (50 ms)."]
     smallest, largest = min(sizes, key=sizes.get), max(sizes, key=sizes.get)

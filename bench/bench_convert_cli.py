@@ -84,7 +84,7 @@ def _convert_argv(archive: Path, out: Path, old_tree: Path | None) -> tuple[list
             str(archive / "dataset.csv"), "--out", str(out), "-q"]
     if old_tree is None:
         return [_bin("clam2sam"), *args], None
-    return [PY, "-c", "import sys; from clam2sam.cli import main; sys.exit(main())", *args], {"PYTHONPATH": str(old_tree)}
+    return [PY, "-m", "clam2sam", *args], {"PYTHONPATH": str(old_tree)}
 
 
 def run(ctx: Ctx, *, archive: Path | None = None, old_tree: Path | None = None,

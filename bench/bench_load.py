@@ -26,8 +26,8 @@ CODECS = ("lz4", "zstd", "none")   # lz4 = the default
 
 def build_store(archive: Path, out: Path, slides: list[str], codec: str) -> Path:
     """Convert ``slides`` once into ``out`` with the codec's default level (reused while complete and alike)."""
-    from clam2sam.convert import ConvertOptions, convert_cohort
-    from clam2sam.store import open_store, resolve_clevel
+    from clam2sam.convert.cohort import ConvertOptions, convert_cohort
+    from clam2sam.store.writer import open_store, resolve_clevel
 
     try:
         r = open_store(out)
@@ -68,7 +68,7 @@ def _time_store(store: Path, slides: list[str], threads: int | None = None) -> t
 
 
 def _time_store_features(store: Path, slides: list[str]) -> tuple[float, int]:
-    from clam2sam.store import open_store
+    from clam2sam.store.writer import open_store
 
     r = open_store(store)
     t = time.perf_counter()
@@ -116,7 +116,7 @@ def run(ctx: Ctx, *, subset: int = 10) -> Section:
     for c in codecs:
         ctx.log(f"[load] store with codec {c} for {len(sub)} slides")
         stores[c] = build_store(archive, ctx.work / f"bench_load_{c}.zarr", sub, c)
-    from clam2sam.fast_read import read_threads
+    from clam2sam.store.fast_read import read_threads
 
     n_threads = read_threads()
     methods = {f"store ({c}), trainer read_bag": (lambda c=c: _time_store(stores[c], sub)) for c in codecs}

@@ -34,8 +34,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from clam2sam import sam_cache, sam_model  # noqa: E402
-from clam2sam.sam_pass import SamConfig, SamParams, SamProvider  # noqa: E402
+from clam2sam.sam import cache as sam_cache  # noqa: E402
+
+from clam2sam.sam import model as sam_model
+from clam2sam.sam.segment_pass import SamConfig, SamParams, SamProvider  # noqa: E402
 
 DEFAULT_SLIDE = Path("/work/shared/data/cmu_small_region.svs")
 DEFAULT_COORDS = Path("/work/shared/fixtures/reference/clam/patches/cmu_small_region.h5")

@@ -1,6 +1,6 @@
 """Section 3 -- training-step time per bag, AB-MIL vs SAM-MIL at 1k / 10k / 50k patches (D = 1024).
 
-Uses the trainer's own code path (``trainer.bench_step.time_step``: ``build_model`` + ``model.loss_dict`` +
+Uses the trainer's own code path (``bench.step_timing.time_step``: ``build_model`` + ``model.loss_dict`` +
 backward + Adam step, paper defaults) on a synthetic bag with one segment per 50 patches and 10 %
 unassigned patches. Each (model, size) runs in its own subprocess so that its peak RSS is its own; models
 and sizes are interleaved in every repeat; medians. One torch thread and the process CPU clock, so that
@@ -37,7 +37,7 @@ def _child(model: str, n: int, dim: int, steps: int) -> None:
 
     import torch
 
-    from trainer.bench_step import time_step
+    from bench.step_timing import time_step
 
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     cpu = time_step(model, n, dim, steps=steps, warmup=1, threads=1, clock="cpu")
@@ -85,7 +85,7 @@ def run_device(device: str, sizes=(1000, 10000, 50000), dim: int = 1024, repeats
     """In-process step timing on ``device`` (wall clock, synchronised on CUDA); models and sizes interleaved."""
     import torch
 
-    from trainer.bench_step import time_step
+    from bench.step_timing import time_step
 
     cuda = device.startswith("cuda")
     res = {(m, n): [] for n in sizes for m in MODELS}

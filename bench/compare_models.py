@@ -38,7 +38,7 @@ def localisation(run_dir: Path, store: str, gt_dir: Path) -> float | None:
     """
     import numpy as np
 
-    from clam2sam.store import open_store
+    from clam2sam.store.writer import open_store
     from trainer.data import read_bag
     from trainer.predict import load_ensemble, predict_bag
 

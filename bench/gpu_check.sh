@@ -90,14 +90,14 @@ try:
 except Exception as e:
     info["torch_error"] = repr(e)
 try:
-    from clam2sam.tv_standin import ensure_torchvision
+    from clam2sam.sam.tv_standin import ensure_torchvision
     info["torchvision_mode"] = str(ensure_torchvision())
 except Exception as e:
     info["torchvision_mode"] = repr(e)
 imports = {}
 for mod in ("zarr", "numcodecs", "google_crc32c", "donfig", "segment_anything", "openslide", "tifffile", "h5py",
             "sklearn", "torchvision", "click", "rich", "PIL", "matplotlib", "clam2sam", "trainer",
-            "clam2sam.cli", "trainer.cli", "trainer.cli_fit", "trainer.cli_predict", "clam2sam.sam_pass"):
+            "clam2sam.cli.main", "trainer.cli.main", "trainer.cli.fit", "trainer.cli.predict", "clam2sam.sam.segment_pass"):
     try:
         m = importlib.import_module(mod)
         imports[mod] = {"ok": True, "version": getattr(m, "__version__", None), "file": getattr(m, "__file__", None)}
@@ -134,7 +134,7 @@ mkdir -p "$SAMDIR"
   $PY - "$SAMDIR" "$SAM_MODEL" <<'EOF' &
 import sys, time
 from pathlib import Path
-from clam2sam import sam_model
+from clam2sam.sam import model as sam_model
 p = Path(sys.argv[1]) / f"random_{sys.argv[2]}.pth"
 if not p.exists():
     t = time.perf_counter()
@@ -153,7 +153,7 @@ import numpy as np
 import tifffile
 from PIL import Image
 sys.path.insert(0, ".")
-from tests.test_clam2sam._sam_fixtures import synthetic_rgb
+from tests.clam2sam._sam_fixtures import synthetic_rgb
 work, scale, name = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 h, w, levels, seed = (int(x) for x in sys.argv[4:8])
 h, w = h // scale, w // scale
@@ -178,8 +178,8 @@ EOF
 BG=$!
 
 # ---- 1. demo store (scripts/demo.sh) -----------------------------------------------------------------------
-C2S=(env $PY -c "from clam2sam.cli import main; main()")
-SAMTRAIN=(env $PY -m trainer.cli)
+C2S=(env $PY -c "from clam2sam.cli.main import main; main()")
+SAMTRAIN=(env $PY -m trainer.cli.main)
 rm -rf "$WORK/demo.zarr" "$WORK"/run_* "$WORK"/pred_*
 step convert 90 "${C2S[@]}" convert fixtures/demo --segments-dir fixtures/demo/segments \
     --dataset-csv fixtures/demo/dataset.csv --out "$WORK/demo.zarr"

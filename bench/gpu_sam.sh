@@ -35,7 +35,7 @@ exec > >(tee "$OUTDIR/gpu_sam.log") 2>&1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true
 $PY - <<'EOF'
 import torch, segment_anything, openslide, zarr
-from clam2sam.tv_standin import ensure_torchvision
+from clam2sam.sam.tv_standin import ensure_torchvision
 assert torch.cuda.is_available(), "no CUDA device"
 print("torch", torch.__version__, "| cuda", torch.version.cuda, "|", torch.cuda.get_device_name(0),
       "| torchvision:", ensure_torchvision(), "| zarr", zarr.__version__, "| openslide", openslide.__library_version__)
@@ -46,7 +46,7 @@ import sys
 from pathlib import Path
 import numpy as np
 sys.path.insert(0, ".")
-from tests.test_clam2sam._sam_fixtures import synthetic_rgb
+from tests.clam2sam._sam_fixtures import synthetic_rgb
 import tifffile
 from PIL import Image
 

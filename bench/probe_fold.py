@@ -17,7 +17,7 @@ if __package__ in (None, ""):
 
 import torch  # noqa: E402
 
-from clam2sam.store import open_store  # noqa: E402
+from clam2sam.store.writer import open_store  # noqa: E402
 from trainer.config import TrainConfig  # noqa: E402
 from trainer.data import BagDataset, load_cohort  # noqa: E402
 from trainer.feature_stats import training_feature_stats  # noqa: E402

@@ -13,8 +13,8 @@ from clam2sam.errors import Clam2SamError  # noqa: E402
 
 __all__ = ["__version__", "Clam2SamError", "SlideArrays", "StoreReader", "StoreWriter", "open_store"]
 
-_LAZY = {"SlideArrays": "clam2sam.slide_arrays", "StoreReader": "clam2sam.store_reader",
-         "StoreWriter": "clam2sam.store", "open_store": "clam2sam.store_reader"}
+_LAZY = {"SlideArrays": "clam2sam.store.slide_arrays", "StoreReader": "clam2sam.store.reader",
+         "StoreWriter": "clam2sam.store.writer", "open_store": "clam2sam.store.reader"}
 
 
 def __getattr__(name: str):

@@ -1,4 +1,4 @@
-from clam2sam.cli import main
+from clam2sam.cli.main import main
 
 if __name__ == "__main__":
     main()

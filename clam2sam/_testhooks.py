@@ -6,11 +6,11 @@ SIGKILL (no cleanup, no ``finally``, exactly like ``kill -9`` or the OOM killer)
 sends that signal instead (Ctrl-C / a polite kill at exactly that point). Without the variable every call
 is a dictionary lookup that returns at once.
 
-Points of ``clam2sam convert`` (where :mod:`clam2sam.store` and :mod:`clam2sam.fast_write` call
+Points of ``clam2sam convert`` (where :mod:`clam2sam.store.writer` and :mod:`clam2sam.store.fast_write` call
 :func:`maybe_die`):
 
 * ``init``: the store's root group exists but its attributes are not written yet (first run only).
-* ``json``: a metadata file of a slide is written (``clam2sam.fast_write.write_json``) but not yet renamed
+* ``json``: a metadata file of a slide is written (``clam2sam.store.fast_write.write_json``) but not yet renamed
   into place (the group's) or followed by its array's shard (an array's).
 * ``chunk``: an inner chunk of a shard is written, the shard's index is not (a shard cut short).
 * ``features``: a slide's ``features`` array is created but its data are not written yet.
@@ -19,7 +19,7 @@ Points of ``clam2sam convert`` (where :mod:`clam2sam.store` and :mod:`clam2sam.f
 * ``written``: a slide is complete, the store's root attrs (feature dim/dtype, encoder) are not updated yet.
 * ``consolidate``: ``n_slides`` is updated, the store's metadata is not consolidated yet.
 
-Used by ``tests/test_hardening/test_crash_resume.py``.
+Used by ``tests/hardening/test_crash_resume.py``.
 """
 from __future__ import annotations
 

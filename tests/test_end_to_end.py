@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clam2sam.cli import main as c2s
-from clam2sam.store import open_store
-from trainer.cli import main as samtrain
+from clam2sam.cli.main import main as c2s
+from clam2sam.store.writer import open_store
+from trainer.cli.main import main as samtrain
 
 ROOT = Path(__file__).resolve().parents[1]
 REF = ROOT.parent / "shared" / "fixtures" / "reference"

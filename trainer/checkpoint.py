@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from clam2sam import schema
+from clam2sam.store import schema
 from clam2sam.errors import TrainError
 
 CKPT_VERSION = 1

@@ -27,9 +27,9 @@ import torch
 from torch.utils.data import Dataset
 
 from clam2sam.errors import Clam2SamError, StoreError, TrainError, UsageError
-from clam2sam import schema
+from clam2sam.store import schema
 from clam2sam.ids import key_to_slide_id, normalise_slide_id
-from clam2sam.store import list_slide_keys, open_store
+from clam2sam.store.writer import list_slide_keys, open_store
 
 BAG_ARRAYS = ("features", "group_features", "segment_ids", "segment_sizes", "segment_sam_area",
               "patch_sam_area")
@@ -326,7 +326,7 @@ class BagDataset(Dataset):
         if self._reader is None or self._pid != os.getpid():
             info = torch.utils.data.get_worker_info()
             if info is not None and info.num_workers > 1:   # W workers share the CPUs: C // W read threads each
-                from clam2sam.fast_read import set_read_threads
+                from clam2sam.store.fast_read import set_read_threads
                 from clam2sam.threads import usable_cpus
 
                 set_read_threads(max(1, usable_cpus() // info.num_workers))

@@ -2,7 +2,7 @@
 
 Launch (single node, 4 processes)::
 
-    torchrun --standalone --nproc_per_node=4 -m trainer.cli fit cohort.zarr --out runs/ddp --batch-size 4
+    torchrun --standalone --nproc_per_node=4 -m trainer.cli.main fit cohort.zarr --out runs/ddp --batch-size 4
 
 torchrun sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT``; :func:`init_from_env`
 reads them (``env://``) and returns a :class:`DistContext`. Without them (a plain ``samtrain fit``) the context
@@ -266,7 +266,7 @@ def init_from_env(device: str = "auto", require: bool = False) -> DistContext:
     if not launched_by_torchrun():
         if require:
             raise UsageError("--ddp needs torchrun's environment (RANK, WORLD_SIZE, MASTER_ADDR, ...)",
-                             fix="launch with: torchrun --nproc_per_node=N -m trainer.cli fit STORE --out RUN")
+                             fix="launch with: torchrun --nproc_per_node=N -m trainer.cli.main fit STORE --out RUN")
         return SINGLE
     rank, world, local = (int(os.environ[k]) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
     if world == 1 and not require:

@@ -41,7 +41,7 @@ def combine(moments: list[tuple[int, np.ndarray, np.ndarray]]) -> tuple[np.ndarr
 
 def training_feature_stats(store_path: str, slide_ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """Mean and sd over the patches of the training slides ``slide_ids``."""
-    from clam2sam.store import open_store
+    from clam2sam.store.writer import open_store
 
     reader = open_store(store_path)
     return combine([slide_moments(reader, store_path, sid) for sid in slide_ids])

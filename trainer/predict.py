@@ -34,7 +34,7 @@ import torch
 
 from clam2sam.errors import UsageError
 from clam2sam.ids import slide_key
-from clam2sam.store import open_store
+from clam2sam.store.writer import open_store
 from trainer.checkpoint import load_checkpoint
 from trainer.config import TrainConfig
 from trainer.data import read_bag, read_labels_csv

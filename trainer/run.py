@@ -31,7 +31,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from clam2sam.errors import UsageError
-from clam2sam.store import open_store
+from clam2sam.store.writer import open_store
 from trainer.checkpoint import load_checkpoint, save_checkpoint, set_rng_state
 from trainer.config import TrainConfig
 from trainer.feature_stats import training_feature_stats

@@ -1,0 +1,216 @@
+"""Run ``clam2sam convert`` on a Dask distributed cluster: one task per slide.
+
+Selected with ``ConvertOptions(dask_scheduler="tcp://HOST:PORT")`` (an existing cluster) or
+``ConvertOptions(dask_local=N)`` (a ``LocalCluster`` of N worker processes, one thread each, for this run).
+
+What runs where:
+
+- The client (the ``clam2sam convert`` process) discovers the slides, holds the store lock, books every
+  outcome in the same :class:`~clam2sam.convert.report.Report` as the single-process path, drives the progress
+  callback as futures complete, and consolidates metadata at the end (``StoreWriter.finalize``, called by
+  :func:`clam2sam.convert.cohort.convert_cohort`).
+- Each task runs :func:`clam2sam.convert.slide_job.run_job_safe`, the single-process per-slide job, and writes
+  only its own slide group (one shard per array), so no two writers ever touch one shard. The slide's
+  ``complete`` attr is written last: a worker killed mid-slide leaves a visibly incomplete group that the
+  next run (same command) redoes.
+- Workers must see ARCHIVE, the slide files and ``--out`` at the same paths as the client (shared
+  filesystem) and run the same clam2sam version.
+
+Resume, ``--skip-errors`` and stop-at-first-failure behave as in the ``--workers`` process pool: at most
+about two tasks per worker thread are in flight; after the first failure without ``skip_errors`` nothing
+new is submitted and the in-flight slides that finish are kept and booked.
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+import uuid
+from typing import Iterator
+
+from clam2sam.convert.slide_job import SlideJob, run_job_safe
+from clam2sam.errors import Clam2SamError, UsageError
+from clam2sam.ids import slide_key
+
+CONNECT_TIMEOUT_S = 30
+_WINDOW_REFRESH_S = 5.0
+
+
+class WorkerLostError(Clam2SamError):
+    """The Dask worker converting a slide died (killed, out of memory) or the task could not run."""
+
+
+def check_dask_options(o) -> None:
+    """Validate the Dask fields of a ConvertOptions.
+
+    Raises:
+        UsageError: both executors, ``--workers`` with Dask, N < 1, or distributed not installed.
+    """
+    if o.dask_scheduler and o.dask_local:
+        raise UsageError("--dask-scheduler and --dask-local exclude each other",
+                         fix="connect to a running cluster (--dask-scheduler) or start a local one (--dask-local)")
+    if o.dask_local is not None and int(o.dask_local) < 1:
+        raise UsageError("--dask-local must be >= 1", fix="pass the number of worker processes, e.g. --dask-local 4")
+    if o.workers > 1:
+        raise UsageError("--workers does not combine with --dask-scheduler/--dask-local",
+                         fix="drop --workers: the Dask workers convert the slides")
+    try:
+        import distributed  # noqa: F401
+    except ImportError as e:
+        raise UsageError("--dask-scheduler/--dask-local need dask.distributed",
+                         fix="pip install 'dask[distributed]'") from e
+
+
+@contextlib.contextmanager
+def dask_client(scheduler: str | None = None, n_local: int | None = None) -> Iterator:
+    """A distributed Client connected to ``scheduler``, or to a fresh LocalCluster of ``n_local`` processes.
+
+    The LocalCluster (and its workers) is shut down on exit; an external cluster is left running.
+
+    Raises:
+        UsageError: the scheduler cannot be reached.
+    """
+    from distributed import Client, LocalCluster
+
+    if scheduler:
+        try:
+            client = Client(scheduler, timeout=CONNECT_TIMEOUT_S, set_as_default=False)
+        except (OSError, TimeoutError, ValueError) as e:
+            raise UsageError(f"cannot reach the Dask scheduler at {scheduler} ({type(e).__name__}: {e})",
+                             fix="start one with `dask scheduler` and workers with `dask worker tcp://HOST:8786`, "
+                                 "or check --dask-scheduler") from e
+        try:
+            yield client
+        finally:
+            client.close()
+        return
+    cluster = LocalCluster(n_workers=int(n_local), threads_per_worker=1, processes=True,
+                           dashboard_address=":0")  # any free port: never clashes with a running cluster
+    try:
+        client = Client(cluster, set_as_default=False)
+        try:
+            yield client
+        finally:
+            client.close()
+    finally:
+        cluster.close()
+
+
+def _task_error(sid: str, exc: BaseException) -> Clam2SamError:
+    if isinstance(exc, Clam2SamError):
+        return exc
+    name = type(exc).__name__
+    if name == "KilledWorker":
+        return WorkerLostError(
+            f"the Dask worker converting this slide died ({exc}); its slide group is left incomplete", slide=sid,
+            fix="re-run the same command to redo it; if workers run out of memory give them more "
+                "(dask worker --memory-limit) or fewer threads (--nthreads 1)")
+    return WorkerLostError(f"the Dask task failed ({name}: {exc})", slide=sid,
+                           fix="check the worker logs; re-run the same command to resume")
+
+
+class _Window:
+    """How many tasks to keep in flight: about two per worker thread (re-read every few seconds)."""
+
+    def __init__(self, client):
+        self.client = client
+        self.value = 2
+        self.t = -1e9
+
+    def __call__(self) -> int:
+        now = time.monotonic()
+        if now - self.t > _WINDOW_REFRESH_S:
+            try:
+                self.value = max(2, 2 * sum(self.client.nthreads().values()))
+            except Exception:  # noqa: BLE001 - keep the previous value on a transient scheduler error
+                pass
+            self.t = now
+        return self.value
+
+
+def run_on_dask(o, writer, pending, report, provider, progress) -> None:
+    """Convert the pending slides on Dask; book each outcome as its future completes.
+
+    Args:
+        o: ConvertOptions (``dask_scheduler`` or ``dask_local`` set; ``skip_errors`` honoured).
+        writer: the client's StoreWriter (holds the lock; records feature dim/dtype).
+        pending: ``[(slide_id, SlideJob | exception)]`` from :func:`clam2sam.convert.cohort.convert_cohort`.
+        report: the Report to fill.
+        provider: optional segment provider (sent once to every worker with ``scatter``).
+        progress: optional ``(slide_id | None, done, total)`` callback.
+
+    Raises:
+        UsageError: the scheduler cannot be reached, or the provider cannot be sent to workers.
+    """
+    from distributed import as_completed
+
+    from clam2sam.convert.cohort import _record
+
+    total = len(pending)
+    done = 0
+    if progress:
+        progress(None, 0, total)
+    jobs = []
+    for sid, job in pending:  # failures known before any work (duplicates) are booked first, as with --workers
+        if isinstance(job, SlideJob):
+            jobs.append((sid, job))
+            continue
+        done += 1
+        keep_going = _record(o, writer, report, sid, "error", job)
+        if progress:
+            progress(sid, done, total)
+        if not keep_going:
+            return
+    if not jobs:
+        return
+    with dask_client(o.dask_scheduler, o.dask_local) as client:
+        prov = None
+        if provider is not None:
+            try:
+                prov = client.scatter(provider, broadcast=True, hash=False)
+            except Exception as e:  # noqa: BLE001 - unpicklable provider
+                raise UsageError(f"the segment provider cannot be sent to Dask workers ({type(e).__name__}: {e})",
+                                 fix="run without --dask-scheduler/--dask-local") from e
+        window = _Window(client)
+        todo = iter(jobs)
+        in_flight: dict[str, str] = {}   # future key -> slide id
+        ac = as_completed(loop=client.loop)
+        run_id = uuid.uuid4().hex[:8]
+
+        def top_up() -> None:
+            while len(in_flight) < window():
+                nxt = next(todo, None)
+                if nxt is None:
+                    return
+                sid, job = nxt
+                job.expected_dim = writer.root.attrs.get("feature_dim")
+                job.expected_dtype = writer.root.attrs.get("feature_dtype")
+                fut = client.submit(run_job_safe, job, prov, key=f"clam2sam-convert-{run_id}-{slide_key(sid)}",
+                                    pure=False)
+                in_flight[fut.key] = sid
+                ac.add(fut)
+
+        top_up()
+        stop = False
+        try:
+            for fut in ac:
+                sid = in_flight.pop(fut.key)
+                try:
+                    status, res = fut.result()
+                except Exception as e:  # noqa: BLE001 - KilledWorker, lost deserialisation, ...
+                    status, res = "error", _task_error(sid, e)
+                fut.release()
+                done += 1
+                if not stop:
+                    if _record(o, writer, report, sid, status, res):
+                        top_up()
+                    else:
+                        stop = True  # submit nothing more; finish and keep what is in flight
+                elif status == "ok":
+                    _record(o, writer, report, sid, status, res)
+                if progress:
+                    progress(sid, done, total)
+        except BaseException:
+            # interrupted: forget the queued tasks (running ones cannot be stopped and finish their slide)
+            with contextlib.suppress(Exception):
+                client.cancel(list(ac.futures), force=True)
+            raise
