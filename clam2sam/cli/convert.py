@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from clam2sam.cli import options as opt
-from clam2sam.cli.main import LazyConsole
+from clam2sam.cli.boundary import LazyConsole
 from clam2sam.convert.cohort import REPORT_NAME, ConvertOptions, convert_cohort
 from clam2sam.sources.discover import LAYOUTS
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from clam2sam.cli.main import LazyConsole
+from clam2sam.cli.boundary import LazyConsole
 from clam2sam.errors import StoreError
 from clam2sam.inspect.stats import QUANTILE_KEYS, cohort_stats, flatten_scalars, slide_stats, to_json
 from clam2sam.store.reader import open_store

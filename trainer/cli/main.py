@@ -1,9 +1,10 @@
-"""The ``samtrain`` command group (fit, predict, eval, heatmap). Errors become exit codes in clam2sam.cli.main.run_cli."""
+"""The ``samtrain`` command group (fit, predict, eval, heatmap). Errors become exit codes in clam2sam.cli.boundary.run_cli."""
 from __future__ import annotations
 
 import click
 
-from clam2sam.cli.main import LazyGroup
+from clam2sam.cli.boundary import run_cli
+from clam2sam.cli.lazy_group import LazyGroup
 from trainer import __version__
 
 EPILOG = """\b
@@ -40,8 +41,6 @@ def cli() -> None:
 
 
 def main(argv=None) -> None:
-    from clam2sam.cli.main import run_cli
-
     run_cli(cli, argv)
 
 
