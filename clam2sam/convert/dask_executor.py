@@ -6,7 +6,7 @@ Selected with ``ConvertOptions(dask_scheduler="tcp://HOST:PORT")`` (an existing 
 What runs where:
 
 - The client (the ``clam2sam convert`` process) discovers the slides, holds the store lock, books every
-  outcome in the same :class:`~clam2sam.convert.report.Report` as the single-process path, drives the progress
+  outcome with the same :class:`~clam2sam.convert.booking.Booking` as the other executors, drives the progress
   callback as futures complete, and consolidates metadata at the end (``StoreWriter.finalize``, called by
   :func:`clam2sam.convert.cohort.convert_cohort`).
 - Each task runs :func:`clam2sam.convert.slide_job.run_job_safe`, the single-process per-slide job, and writes
@@ -27,7 +27,7 @@ import time
 import uuid
 from typing import Iterator
 
-from clam2sam.convert.slide_job import SlideJob, run_job_safe
+from clam2sam.convert.slide_job import SlideJob, run_job_safe, with_expected
 from clam2sam.errors import Clam2SamError, UsageError
 from clam2sam.ids import slide_key
 
@@ -127,90 +127,80 @@ class _Window:
         return self.value
 
 
-def run_on_dask(o, writer, pending, report, provider, progress) -> None:
-    """Convert the pending slides on Dask; book each outcome as its future completes.
+class DaskExecutor:
+    """Converts the pending slides on Dask, yielding each outcome as its future completes (the executor
+    interface of :mod:`clam2sam.convert.executors`).
 
     Args:
-        o: ConvertOptions (``dask_scheduler`` or ``dask_local`` set; ``skip_errors`` honoured).
-        writer: the client's StoreWriter (holds the lock; records feature dim/dtype).
-        pending: ``[(slide_id, SlideJob | exception)]`` from :func:`clam2sam.convert.cohort.convert_cohort`.
-        report: the Report to fill.
+        scheduler: ``tcp://HOST:PORT`` of a running cluster, or None with ``n_local``.
+        n_local: start a LocalCluster of this many worker processes for the run.
         provider: optional segment provider (sent once to every worker with ``scatter``).
-        progress: optional ``(slide_id | None, done, total)`` callback.
+        expected: ``() -> (feature_dim, feature_dtype)`` of the store so far, given to each job submitted.
 
-    Raises:
+    Raises (from ``run``):
         UsageError: the scheduler cannot be reached, or the provider cannot be sent to workers.
     """
-    from distributed import as_completed
 
-    from clam2sam.convert.cohort import _record
+    def __init__(self, scheduler: str | None, n_local: int | None, provider, expected):
+        self.scheduler, self.n_local, self.provider, self.expected = scheduler, n_local, provider, expected
+        self._stopped = False
 
-    total = len(pending)
-    done = 0
-    if progress:
-        progress(None, 0, total)
-    jobs = []
-    for sid, job in pending:  # failures known before any work (duplicates) are booked first, as with --workers
-        if isinstance(job, SlideJob):
-            jobs.append((sid, job))
-            continue
-        done += 1
-        keep_going = _record(o, writer, report, sid, "error", job)
-        if progress:
-            progress(sid, done, total)
-        if not keep_going:
+    def stop(self) -> None:
+        """Submit nothing more; the slides in flight finish and come back."""
+        self._stopped = True
+
+    def run(self, pending) -> Iterator[tuple]:
+        from distributed import as_completed
+
+        jobs = []
+        for sid, job in pending:  # failures known before any work (duplicates) come first, as with --workers
+            if isinstance(job, SlideJob):
+                jobs.append((sid, job))
+                continue
+            yield sid, "error", job
+            if self._stopped:
+                return
+        if not jobs:
             return
-    if not jobs:
-        return
-    with dask_client(o.dask_scheduler, o.dask_local) as client:
-        prov = None
-        if provider is not None:
-            try:
-                prov = client.scatter(provider, broadcast=True, hash=False)
-            except Exception as e:  # noqa: BLE001 - unpicklable provider
-                raise UsageError(f"the segment provider cannot be sent to Dask workers ({type(e).__name__}: {e})",
-                                 fix="run without --dask-scheduler/--dask-local") from e
-        window = _Window(client)
-        todo = iter(jobs)
-        in_flight: dict[str, str] = {}   # future key -> slide id
-        ac = as_completed(loop=client.loop)
-        run_id = uuid.uuid4().hex[:8]
-
-        def top_up() -> None:
-            while len(in_flight) < window():
-                nxt = next(todo, None)
-                if nxt is None:
-                    return
-                sid, job = nxt
-                job.expected_dim = writer.root.attrs.get("feature_dim")
-                job.expected_dtype = writer.root.attrs.get("feature_dtype")
-                fut = client.submit(run_job_safe, job, prov, key=f"clam2sam-convert-{run_id}-{slide_key(sid)}",
-                                    pure=False)
-                in_flight[fut.key] = sid
-                ac.add(fut)
-
-        top_up()
-        stop = False
-        try:
-            for fut in ac:
-                sid = in_flight.pop(fut.key)
+        with dask_client(self.scheduler, self.n_local) as client:
+            prov = None
+            if self.provider is not None:
                 try:
-                    status, res = fut.result()
-                except Exception as e:  # noqa: BLE001 - KilledWorker, lost deserialisation, ...
-                    status, res = "error", _task_error(sid, e)
-                fut.release()
-                done += 1
-                if not stop:
-                    if _record(o, writer, report, sid, status, res):
-                        top_up()
-                    else:
-                        stop = True  # submit nothing more; finish and keep what is in flight
-                elif status == "ok":
-                    _record(o, writer, report, sid, status, res)
-                if progress:
-                    progress(sid, done, total)
-        except BaseException:
-            # interrupted: forget the queued tasks (running ones cannot be stopped and finish their slide)
-            with contextlib.suppress(Exception):
-                client.cancel(list(ac.futures), force=True)
-            raise
+                    prov = client.scatter(self.provider, broadcast=True, hash=False)
+                except Exception as e:  # noqa: BLE001 - unpicklable provider
+                    raise UsageError(f"the segment provider cannot be sent to Dask workers ({type(e).__name__}: "
+                                     f"{e})", fix="run without --dask-scheduler/--dask-local") from e
+            window = _Window(client)
+            todo = iter(jobs)
+            in_flight: dict[str, str] = {}   # future key -> slide id
+            ac = as_completed(loop=client.loop)
+            run_id = uuid.uuid4().hex[:8]
+
+            def top_up() -> None:
+                while len(in_flight) < window():
+                    nxt = next(todo, None)
+                    if nxt is None:
+                        return
+                    sid, job = nxt
+                    fut = client.submit(run_job_safe, with_expected(job, self.expected), prov,
+                                        key=f"clam2sam-convert-{run_id}-{slide_key(sid)}", pure=False)
+                    in_flight[fut.key] = sid
+                    ac.add(fut)
+
+            top_up()
+            try:
+                for fut in ac:
+                    sid = in_flight.pop(fut.key)
+                    try:
+                        status, res = fut.result()
+                    except Exception as e:  # noqa: BLE001 - KilledWorker, lost deserialisation, ...
+                        status, res = "error", _task_error(sid, e)
+                    fut.release()
+                    yield sid, status, res
+                    if not self._stopped:
+                        top_up()   # after a stop: submit nothing more; finish and keep what is in flight
+            except BaseException:
+                # interrupted: forget the queued tasks (running ones cannot be stopped and finish their slide)
+                with contextlib.suppress(Exception):
+                    client.cancel(list(ac.futures), force=True)
+                raise

@@ -6,18 +6,18 @@ in a worker of ``--workers N`` (each worker writes only its own slide group).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from clam2sam.store import schema
 from clam2sam.sources.checksums import describe_sources_async
 from clam2sam.sources.coords_check import check_coords
 from clam2sam.sources.discover import SlideFiles
 from clam2sam.errors import StoreError, UsageError
 from clam2sam.masks import MaskSet
+from clam2sam.convert.options import ConvertOptions
 from clam2sam.convert.membership import assign_membership, build_slide_arrays, empty_membership
 from clam2sam.sources.readers import PATCH_SIZE_FLAG, read_slide_inputs
 from clam2sam.sources.segments_pickle import check_geometry, load_segments_pickle
@@ -26,29 +26,32 @@ from clam2sam.store.writer import write_slide_group
 SegmentProvider = Callable[[str, np.ndarray, float, "Path | None"], "MaskSet | None"]
 
 
-@dataclass
+@dataclass(frozen=True)
 class SlideJob:
-    """Everything needed to convert one slide (picklable)."""
+    """Everything needed to convert one slide (picklable, frozen): the run's settings as one value
+    (``options``, a :class:`~clam2sam.convert.options.ConvertOptions`) and what is this slide's own."""
 
     files: SlideFiles
-    layout: str
-    out: Path
-    membership: str = schema.MEMBERSHIP_PARTITION
+    layout: str                              # the archive's layout as discovered
+    options: ConvertOptions                  # out, membership, --mpp, --patch-size-level0, codec, ...
     label: str | None = None
     case_id: str | None = None
     mpp: float | None = None                 # from --mpp-csv (wins over the slide)
-    default_mpp: float | None = None         # from --mpp (used when the slide gives none)
-    patch_size_level0: float | None = None
-    legacy_downsample: float | None = None
     level_downsamples: dict = field(default_factory=dict)  # {level: factor} for this slide (flags)
     process_list: dict | None = None
     encoder: str | None = None
     expect_pt: bool = False
-    checksums: bool | str = True             # True: files stored from; "all": also cross-check-only files
-    clevel: int | None = None               # None: the codec's default (lz4 9, zstd 3)
-    codec: str = "lz4"
-    expected_dim: int | None = None
+    expected_dim: int | None = None          # the store's feature dim / dtype when the job starts
     expected_dtype: str | None = None
+
+
+Expected = Callable[[], "tuple[int | None, str | None]"]   # the store's feature dim and dtype so far
+
+
+def with_expected(job: SlideJob, expected: Expected) -> SlideJob:
+    """The job, told the store's feature dim and dtype as they are now."""
+    dim, dtype = expected()
+    return replace(job, expected_dim=dim, expected_dtype=dtype)
 
 
 @dataclass
@@ -161,17 +164,17 @@ def prepare_job(job: SlideJob, segment_provider: SegmentProvider | None = None) 
     if use_pickle:
         roles.append(("segments_pkl", f.segments_pkl))
     # a .pt beside its h5 is only cross-checked (rows + samples), not stored: hashed with --checksums all
-    cross = ("features_pt",) if f.features_h5 is not None and job.checksums != "all" else ()
-    digests = describe_sources_async(roles, checksums=bool(job.checksums), cross_check=cross)  # overlaps reading
-    loaded = read_slide_inputs(f, layout=job.layout, patch_size_level0=job.patch_size_level0,
-                               legacy_downsample=job.legacy_downsample, expect_pt=job.expect_pt)
+    cross = ("features_pt",) if f.features_h5 is not None and job.options.checksums != "all" else ()
+    digests = describe_sources_async(roles, checksums=bool(job.options.checksums), cross_check=cross)  # overlaps reading
+    loaded = read_slide_inputs(f, layout=job.layout, patch_size_level0=job.options.patch_size_level0,
+                               legacy_downsample=job.options.legacy_downsample, expect_pt=job.expect_pt)
     warns = list(loaded.warnings)
     _check_store_compat(job, loaded.features.shape[1], loaded.features.dtype)
     props = _slide_properties(f.slide_path)
     if props.get("error"):
         warns.append(f"slide {sid!r}: {f.slide_path}: not readable by OpenSlide ({props['error']}); "
                      "mpp and level downsamples not taken from it")
-    mpp = job.mpp or props.get("mpp") or job.default_mpp
+    mpp = job.mpp or props.get("mpp") or job.options.mpp
     # the coords themselves first: a bad coords file must not be blamed on the Segments pickle
     check_coords(loaded.coords, sid, coords_path=loaded.coords_path,
                  slide_dims=props.get("dimensions"), slide_path=f.slide_path)
@@ -203,15 +206,15 @@ def prepare_job(job: SlideJob, segment_provider: SegmentProvider | None = None) 
                          f"pass {PATCH_SIZE_FLAG} to override")
         check_geometry(maskset, loaded.coords, ps, sid, path=f.segments_pkl if use_pickle else None,
                        slide_dims=props.get("dimensions"))
-        memb = assign_membership(loaded.coords, ps, maskset, job.membership)
+        memb = assign_membership(loaded.coords, ps, maskset, job.options.membership)
         sam = {"geometry": maskset.geometry.to_dict(), "n_masks": maskset.n_masks, **maskset.provenance}
         D = maskset.geometry.total_downsample
     else:
-        memb = empty_membership(loaded.coords.shape[0], job.membership)
+        memb = empty_membership(loaded.coords.shape[0], job.options.membership)
         sam, D = {}, None
     attrs = {
         "label": job.label, "case_id": job.case_id, "patch_size_level0": ps, "mpp": mpp, "layout": loaded.layout,
-        "membership": job.membership, "sam": sam, "process_list": job.process_list,
+        "membership": job.options.membership, "sam": sam, "process_list": job.process_list,
         "encoder": loaded.encoder or job.encoder, "n_group_rows_dropped": loaded.n_group_rows,
         "patch_geometry": loaded.patch_info, "slide_path": str(f.slide_path) if f.slide_path else None,
         "source_byte_order": loaded.source_byte_order,   # the store holds little-endian features whatever it is
@@ -226,7 +229,7 @@ def write_prepared(job: SlideJob, p: PreparedSlide) -> SlideResult:
     arrays = p.arrays
     arrays.attrs["sources"] = p.digests.result()
     arrays.validate()
-    write_slide_group(job.out, arrays, clevel=job.clevel, codec=job.codec)
+    write_slide_group(job.options.out, arrays, clevel=job.options.clevel, codec=job.options.codec)
     f = job.files
     return SlideResult(slide_id=f.slide_id, n_patches=arrays.n_patches, n_segments=arrays.n_segments,
                        feature_dim=p.feature_dim, feature_dtype=p.feature_dtype, encoder=p.encoder,
@@ -260,7 +263,7 @@ class SlidePipeline:
         ahead, self._ahead = self._ahead, None
         try:
             try:
-                prepared = (ahead[1].result() if ahead is not None and ahead[0] is job
+                prepared = (ahead[1].result() if ahead is not None and ahead[0] == job
                             else prepare_job(job, self.provider))
             except Exception as e:  # noqa: BLE001 - reported per slide by the caller
                 return "error", e

@@ -163,8 +163,7 @@ def test_slide_is_opened_ahead_once_and_run_job_takes_it(tmp_path, monkeypatch):
     # opens the slide first and run_job takes that result instead of opening the slide again
     import threading
 
-    from clam2sam.convert import cohort as convert_mod
-
+    from clam2sam.convert import read_ahead as convert_mod
     from clam2sam.convert import slide_job as convert_slide
     from clam2sam.sources.discover import SlideFiles
 
@@ -174,7 +173,7 @@ def test_slide_is_opened_ahead_once_and_run_job_takes_it(tmp_path, monkeypatch):
     monkeypatch.setattr(convert_slide, "slide_properties",
                         lambda p: calls.append(threading.current_thread().name) or real(p))
     files = SlideFiles(slide_id="cmu", features_h5=tmp_path / "missing.h5", slide_path=svs)
-    fut = convert_mod._read_ahead(files)
+    fut = convert_mod.read_ahead(files)
     if fut is None:
         pytest.skip("no posix_fadvise on this platform: no read-ahead thread")
     fut.result(timeout=30)
@@ -183,7 +182,7 @@ def test_slide_is_opened_ahead_once_and_run_job_takes_it(tmp_path, monkeypatch):
     assert len(calls) == 1 and props == real(svs) and props["mpp"] > 0
     convert_slide._slide_properties(svs)                    # taken once: a second call opens the slide
     assert len(calls) == 2
-    assert convert_mod._read_ahead(files, props=False).result(timeout=30) is None and len(calls) == 2
+    assert convert_mod.read_ahead(files, props=False).result(timeout=30) is None and len(calls) == 2
 
 
 def _arrays(path):
@@ -223,7 +222,7 @@ def test_partition_convert_and_resume_identical(tmp_path):
 
 
 def test_workers_match_single_process(tmp_path, monkeypatch):
-    import clam2sam.convert.cohort as convert_mod
+    import clam2sam.convert.read_ahead as convert_mod
 
     _cohort(tmp_path / "arch", n_slides=4)
     advised = []   # every slide's inputs are read ahead, with 1 worker and with 2

@@ -8,7 +8,7 @@ import threading
 import numpy as np
 import pytest
 
-import clam2sam.convert.cohort as conv
+import clam2sam.convert.executors as conv
 import clam2sam.convert.slide_job as cs
 from clam2sam.convert.cohort import ConvertOptions, convert_cohort
 from clam2sam.store.writer import open_store
