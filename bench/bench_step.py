@@ -1,6 +1,6 @@
 """Section 3 -- training-step time per bag, AB-MIL vs SAM-MIL at 1k / 10k / 50k patches (D = 1024).
 
-Uses the trainer's own code path (``bench.step_timing.time_step``: ``build_model`` + ``model.loss_dict`` +
+Uses the trainer's own code path (``bench.step_timing.time_step``: ``build_model`` + ``model.train_forward`` +
 backward + Adam step, paper defaults) on a synthetic bag with one segment per 50 patches and 10 %
 unassigned patches. Each (model, size) runs in its own subprocess so that its peak RSS is its own; models
 and sizes are interleaved in every repeat; medians. One torch thread and the process CPU clock, so that

@@ -34,7 +34,7 @@ def synthetic_bag(n_patches: int, dim: int = 1024, n_segments: int | None = None
 def time_step(model_name: str, n_patches: int, dim: int = 1024, *, steps: int = 5, warmup: int = 1,
               device: str = "cpu", threads: int | None = None, seed: int = 0, clock: str = "wall",
               **cfg_overrides) -> float:
-    """Median seconds per training step (loss_dict + backward + Adam step) of ``model_name`` on one bag.
+    """Median seconds per training step (train_forward + backward + Adam step) of ``model_name`` on one bag.
 
     ``clock="cpu"`` measures this process's CPU time (with ``threads=1`` it is robust to a busy machine).
     """
@@ -51,8 +51,7 @@ def time_step(model_name: str, n_patches: int, dim: int = 1024, *, steps: int = 
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         t = now()
-        out = model.loss_dict(bag)
-        out["loss"].backward()
+        model.train_forward(bag).loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
         if device.startswith("cuda"):

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from clam2sam.errors import UsageError
+from trainer.models.registry import DEFAULT_BACKBONE, DEFAULT_MODEL
 
 MASK_MODES = ("none", "random", "non-group", "sam")          # paper Table 3
 RATIO_FNS = ("constant", "linear", "sigmoid")                 # paper Table 4
@@ -44,9 +45,10 @@ class TrainConfig:
     labels: str | None = None            # CSV slide_id,label[,case_id]; default: store slide attrs
     classes: list[str] | None = None     # class order (binary: second = positive); default sorted labels
     # model
-    model: str = "sam-mil"
-    backbone: str = "abmil"              # used by sam-mil: the MIL network it trains
-    group_features: bool | None = None   # append segment group-feature tokens; default: on for sam-mil only
+    model: str = DEFAULT_MODEL
+    backbone: str = DEFAULT_BACKBONE     # used by a model that wraps another (SAM-MIL): the MIL network it trains
+    group_features: bool | None = None   # append segment group-feature tokens; default: the model's
+                                         # ``uses_group_features_by_default`` (on for SAM-MIL only)
     hidden_dim: int = 512
     attn_dim: int = 128
     dropout: float = 0.25
@@ -102,7 +104,10 @@ class TrainConfig:
         """Return a copy with model-dependent defaults filled in, after validation."""
         c = dataclasses.replace(self)
         if c.group_features is None:
-            c.group_features = c.model == "sam-mil"
+            from trainer.models import list_models, model_class
+
+            c.group_features = (model_class(c.model).uses_group_features_by_default
+                                if c.model in list_models() else False)   # unknown: validate() says so
         if c.min_epochs is None:
             c.min_epochs = max(0, min(DEFAULT_MIN_EPOCHS, c.max_epochs - 1))
         if c.sigmoid_a is None:
@@ -122,13 +127,13 @@ class TrainConfig:
                               ("scheduler", SCHEDULERS)):
             if getattr(self, name) not in allowed:
                 bad(f"--{name.replace('_', '-')} {getattr(self, name)!r} is not one of {', '.join(allowed)}")
-        from trainer.models import list_models
+        from trainer.models.registry import BACKBONE_PARAM, list_models, model_class, model_params
 
         for name in (self.model, self.backbone):
             if name not in list_models():
                 bad(f"unknown model {name!r}", fix=f"choose one of: {', '.join(list_models())}")
-        if self.backbone == "sam-mil":
-            bad("--backbone cannot be sam-mil", fix="use a plain MIL model such as abmil")
+        if BACKBONE_PARAM in model_params(model_class(self.backbone)):     # a wrapping model wraps a plain one
+            bad(f"--backbone cannot be {self.backbone}", fix=f"use a plain MIL model such as {DEFAULT_BACKBONE}")
         if not 0.0 <= self.mask_ratio < 1.0:
             bad(f"--mask-ratio {self.mask_ratio} must be in [0, 1)")
         if self.pseudo_bags < 1:

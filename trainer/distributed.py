@@ -118,7 +118,7 @@ class DistContext:
         return torch.device("cuda", self.local_rank) if self.enabled and self.cuda else None
 
     def wrap(self, model: nn.Module) -> nn.Module:
-        """The model to train: itself, or a DDP wrapper with the same ``train()/eval()/loss_dict(bag)``."""
+        """The model to train: itself, or a DDP wrapper with the same ``train()/eval()/train_forward(bag)``."""
         return DDPModel(model) if self.enabled else model
 
     def accumulate(self, batch_size: int) -> int:
@@ -223,14 +223,14 @@ class ShardedOrderSampler(DistributedSampler):
 
 
 class _LossForward(nn.Module):
-    """Makes ``loss_dict`` the forward that DDP wraps (DDP only synchronises through ``forward``)."""
+    """Makes ``train_forward`` the forward that DDP wraps (DDP only synchronises through ``forward``)."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
 
     def forward(self, bag):
-        return self.model.loss_dict(bag)
+        return self.model.train_forward(bag)
 
 
 class DDPModel(nn.Module):
@@ -246,7 +246,7 @@ class DDPModel(nn.Module):
     def module(self) -> nn.Module:
         return self.ddp.module.model
 
-    def loss_dict(self, bag) -> dict:
+    def train_forward(self, bag):
         return self.ddp(bag)
 
     def forward(self, bag):

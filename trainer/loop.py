@@ -12,6 +12,9 @@ import torch.nn.functional as F
 def train_one_epoch(model, loader, optimizer, device, *, accumulate: int = 1, on_step=None) -> dict:
     """One pass over ``loader`` (one bag per step); returns mean loss terms and the epoch's seconds.
 
+    Logs whatever the model's ``train_forward`` returns: ``train_loss`` (the weighted total) and
+    ``train_<term>`` for each of its loss terms, averaged over the bags that returned the term.
+
     Args:
         accumulate: bags per optimiser step (the CLI's ``--batch-size``); losses are averaged.
         on_step: optional callback ``on_step(i)`` for progress bars.
@@ -23,14 +26,13 @@ def train_one_epoch(model, loader, optimizer, device, *, accumulate: int = 1, on
     optimizer.zero_grad(set_to_none=True)
     for i, bag in enumerate(loader):
         bag = bag.to(device)
-        out = model.loss_dict(bag)
-        (out["loss"] / accumulate).backward()
+        out = model.train_forward(bag)
+        (out.loss / accumulate).backward()
         if (i + 1) % accumulate == 0 or i + 1 == len(loader):
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-        for k, v in out.items():                              # every scalar loss term the model returns
-            if torch.is_tensor(v) and v.dim() == 0 and v.is_floating_point():
-                sums[k] = sums.get(k, 0.0) + float(v.detach())
+        for k, v in {"loss": out.loss, **out.terms}.items():
+            sums[k] = sums.get(k, 0.0) + float(v.detach())
         n += 1
         if on_step is not None:
             on_step(i)

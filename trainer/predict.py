@@ -39,7 +39,7 @@ from trainer.checkpoint import load_checkpoint
 from trainer.config import TrainConfig
 from trainer.data import read_bag, read_labels_csv
 from trainer.metrics import youden_threshold
-from trainer.models import build_model
+from trainer.models import build_model, model_class
 
 
 @dataclass
@@ -125,19 +125,6 @@ def load_ensemble(source: str | Path, device="cpu") -> Ensemble:
 
 # ---------------------------------------------------------------------------------------- inference
 
-def instance_logits(model, h: torch.Tensor, c) -> torch.Tensor:
-    """``(T, C)``: for every token, the logits of a bag holding only that token.
-
-    Uses the model's vectorised ``instance_logits`` when it has one (AB-MIL: ``classifier(h)``, since a
-    bag of one has attention 1); otherwise runs the head on every single token (exact, slower).
-    """
-    m = getattr(model, "backbone", model)                    # sam-mil: its MIL network
-    fast = m.instance_logits(h, c)
-    if fast is not None:
-        return fast
-    return torch.cat([m.head(h[i:i + 1], None if c is None else c[i:i + 1])["logits"] for i in range(h.shape[0])])
-
-
 @torch.no_grad()
 def predict_bag(ens: Ensemble, bag, patch_probs: bool = False) -> dict:
     """Ensemble outputs for one bag: ``fold_probs (F, C)``, ``prob (C,)``, ``fold_scores (F, N)``,
@@ -155,8 +142,8 @@ def predict_bag(ens: Ensemble, bag, patch_probs: bool = False) -> dict:
         groups.append(s[N:])
         if patch_probs:
             k = 1 if len(ens.classes) == 2 else int(out["logits"].argmax())
-            pp.append(torch.softmax(instance_logits(model, h[:N], None if c is None else c[:N]).float(), 1)[:, k]
-                      .cpu().numpy())
+            il = model.instance_logits(h[:N], None if c is None else c[:N])   # (N, C) bags of one patch
+            pp.append(torch.softmax(il.float(), 1)[:, k].cpu().numpy())
     fold_scores = np.stack(scores).astype(np.float32)
     g = np.stack(groups).mean(0).astype(np.float32) if groups[0].size else None
     return {"fold_probs": np.stack(probs), "prob": np.mean(probs, 0), "fold_scores": fold_scores,
@@ -211,7 +198,7 @@ def run_predict(source: str | Path, store: str | Path, out: str | Path, *, label
     root.attrs.update({"model": ens.cfg.model, "group_features": bool(ens.cfg.group_features),
                        "classes": ens.classes, "members": [m.name for m in ens.members],
                        "threshold": ens.threshold, "source": str(source), "store": str(store),
-                       "score_kind": "attention" if ens.cfg.model not in ("mean", "max") else "instance"})
+                       "score_kind": model_class(ens.cfg.model).score_kind})
     sg = root.create_group("slides")
     rows = []
     with progress_bar("predict", len(ids), quiet) as advance:

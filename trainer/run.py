@@ -39,15 +39,16 @@ from trainer.data import BagDataset, Cohort, collate_one, describe_excluded, loa
 from trainer.distributed import SINGLE, DistContext, init_from_env
 from trainer.loop import evaluate, train_one_epoch
 from trainer.metrics import evaluate_fold, mean_std, safe_auc
-from trainer.models import build_model
+from trainer.models import build_model, model_class
+from trainer.models.base import METRIC_TERMS
 from trainer.report import NullProgress, make_progress, summary_table
 from trainer.masking import ratio_spread
 from trainer.protocol_checks import fold_flags, median_iqr, run_warnings
 from trainer.search import candidate_config, candidates, pick, selection_key
 from trainer.splits import Split, check_no_case_leak, make_cv_splits, read_clam_splits
 
-METRIC_FIELDS = ("epoch", "lr", "train_loss", "train_ce", "train_pb", "train_con", "train_inst_max", "train_inst",
-                 "val_loss", "val_auc",
+# metrics.csv header: the loss columns come from the models' METRIC_TERMS (trainer/models/base.py)
+METRIC_FIELDS = ("epoch", "lr", "train_loss", *(f"train_{t}" for t in METRIC_TERMS), "val_loss", "val_auc",
                  "improved", "train_seconds")
 
 
@@ -316,7 +317,8 @@ def _run_fit(cfg: TrainConfig, console, ctx: DistContext) -> dict:
     in_dim = open_store(cfg.store).feature_dim
     if not in_dim:
         raise UsageError("store root has no feature_dim", path=cfg.store, fix="re-run `clam2sam convert`")
-    if cfg.model == "sam-mil" and cfg.mask == "sam" and cfg.area_unit == "sam-pixels":
+    uses_sg2m = model_class(cfg.model).uses_sg2m
+    if uses_sg2m and cfg.mask == "sam" and cfg.area_unit == "sam-pixels":
         a = open_store(cfg.store).read_array(cohort.slide_ids[0], "segment_sam_area")
         if a.size and not np.any(a):
             raise UsageError("--area-unit sam-pixels but the store has no SAM-pixel areas (all 0)",
@@ -356,7 +358,7 @@ def _run_fit(cfg: TrainConfig, console, ctx: DistContext) -> dict:
                "notes": {"test": "threshold chosen on the validation split (honest)",
                          "test_optimistic": "threshold chosen on the test fold itself (optimistic; only for "
                                             "comparison with published numbers)"}}
-    if cfg.model == "sam-mil" and cfg.mask == "sam":
+    if uses_sg2m and cfg.mask == "sam":
         results["sg2m_ratio_spread"] = ratio_spread(open_store(cfg.store), cohort.slide_ids, cfg)
     if ctx.is_main:  # written once, by rank 0
         from trainer.run_files import pooled_test_auc_or_nan  # bootstrap 95 % interval over slides

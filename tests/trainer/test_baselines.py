@@ -92,13 +92,11 @@ def test_scores_follow_the_patches(name):
 @pytest.mark.parametrize("name", ["mean", "max", "abmil-gated", "dsmil", "clam-sb", "abmil"])
 def test_instance_logits_equal_a_bag_of_one(name):
     """``instance_logits`` (used for per-patch tumour probability) is exactly the bag-of-one prediction."""
-    from trainer.predict import instance_logits
-
     torch.manual_seed(0)
     m = build_model(name, 16, 2, cfg(name, False)).eval()
     h = m.embed(make_bag().features[:7])
     c = m.instance_cache(h)
-    fast = instance_logits(m, h, c)
+    fast = m.instance_logits(h, c)
     slow = torch.cat([m.head(h[i:i + 1], None if c is None else c[i:i + 1])["logits"] for i in range(7)])
     assert torch.allclose(fast, slow, atol=1e-5)
 

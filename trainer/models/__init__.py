@@ -1,12 +1,12 @@
-"""MIL models. Each module registers its class with ``@register_model``; import it below (one line)."""
-from trainer.models.registry import build_model, list_models, register_model  # noqa: F401
-from trainer.models.base import MILModel  # noqa: F401
+"""MIL models. Each module registers its class with ``@register_model``; list its module name in
+:data:`trainer.models.registry.MODEL_MODULES` (one entry). Model modules load on first use."""
+from trainer.models.registry import (DEFAULT_BACKBONE, DEFAULT_MODEL, build_model, list_models,  # noqa: F401
+                                     model_class, register_model)
 
-from trainer.models import abmil  # noqa: F401,E402
-from trainer.models import sam_mil  # noqa: F401,E402
-from trainer.models import mean_pool  # noqa: F401,E402
-from trainer.models import max_pool  # noqa: F401,E402
-from trainer.models import abmil_gated  # noqa: F401,E402
-from trainer.models import transmil  # noqa: F401,E402
-from trainer.models import dsmil  # noqa: F401,E402
-from trainer.models import clam_sb  # noqa: F401,E402
+
+def __getattr__(name: str):
+    if name == "MILModel":                       # lazy: importing the registry needs no torch
+        from trainer.models.base import MILModel
+
+        return MILModel
+    raise AttributeError(f"module 'trainer.models' has no attribute {name!r}")

@@ -18,10 +18,11 @@ from trainer.models.registry import register_model
 class ABMIL(MILModel):
     attention_pooling = True
 
-    def __init__(self, in_dim: int, n_classes: int, cfg):
-        super().__init__(in_dim, n_classes, cfg)
-        E, A = cfg.hidden_dim, cfg.attn_dim
-        self.embed_net = nn.Sequential(nn.Linear(in_dim, E), nn.ReLU(), nn.Dropout(cfg.dropout))
+    def __init__(self, in_dim: int, n_classes: int, *, hidden_dim: int = 512, attn_dim: int = 128,
+                 dropout: float = 0.25, **common):
+        super().__init__(in_dim, n_classes, **common)
+        E, A = hidden_dim, attn_dim
+        self.embed_net = nn.Sequential(nn.Linear(in_dim, E), nn.ReLU(), nn.Dropout(dropout))
         self.attention = nn.Sequential(nn.Linear(E, A, bias=False), nn.ReLU(), nn.Linear(A, 1, bias=False))
         self.classifier = nn.Linear(E, n_classes)
         init_linear_xavier(self)

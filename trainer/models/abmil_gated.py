@@ -36,11 +36,12 @@ class GatedAttention(nn.Module):
 class GatedABMIL(MILModel):
     attention_pooling = True
 
-    def __init__(self, in_dim: int, n_classes: int, cfg):
-        super().__init__(in_dim, n_classes, cfg)
-        self.embed_net = instance_embedding(in_dim, cfg)
-        self.attention = GatedAttention(cfg.hidden_dim, cfg.attn_dim)
-        self.classifier = nn.Linear(cfg.hidden_dim, n_classes)
+    def __init__(self, in_dim: int, n_classes: int, *, hidden_dim: int = 512, attn_dim: int = 128,
+                 dropout: float = 0.25, **common):
+        super().__init__(in_dim, n_classes, **common)
+        self.embed_net = instance_embedding(in_dim, hidden_dim, dropout)
+        self.attention = GatedAttention(hidden_dim, attn_dim)
+        self.classifier = nn.Linear(hidden_dim, n_classes)
         init_linear_xavier(self)
 
     def attention_output_layers(self):

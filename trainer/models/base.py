@@ -1,7 +1,7 @@
 """The interface every MIL model shares.
 
 A model sees one :class:`~trainer.data.Bag` at a time. Its tokens are the patch features, followed by
-the segment group features when ``cfg.group_features`` is on::
+the segment group features when ``group_features`` is on::
 
     x = tokens(bag)                  (T, D), T = N (+ S)
     h = embed(x)                     (T, E)   per-instance network (dropout inside)
@@ -9,17 +9,52 @@ the segment group features when ``cfg.group_features`` is on::
                                               indexable like h; None when the model has none
     out = head(h[idx], c[idx])       dict: logits (1, C), scores (len(idx),), embedding (1, E)
 
-``forward(bag)`` runs that on all tokens; ``loss_dict(bag)`` returns ``{"loss": total, <term>: tensor}``
-with every term still attached to the graph (plain models: ``ce`` on the full bag; SAM-MIL adds ``pb``
-and ``con``); the loop back-propagates ``loss`` and logs the terms. ``scores`` are attention weights (or instance scores);
-the first ``N`` entries align with the store's ``coords``. Splitting embed / head lets SAM-MIL embed a
-bag once and reuse it for the masked bag, the pseudo-bags and the consistency term.
+``forward(bag)`` runs that on all tokens (evaluation). ``train_forward(bag)`` is the training step's
+forward: a :class:`TrainOutput` holding the bag's logits and a dict of named, unweighted loss terms with
+the weight of each (plain models: ``ce`` on the full bag, plus ``inst_max`` for attention models; SAM-MIL
+adds ``pb`` and ``con``). The loop back-propagates ``loss`` (the weighted sum) and logs every term that
+comes back; it knows no term by name. ``scores`` are attention weights (or instance scores); the first
+``N`` entries align with the store's ``coords``. Splitting embed / head lets SAM-MIL embed a bag once and
+reuse it for the masked bag, the pseudo-bags and the consistency term.
+
+A model's constructor takes ``in_dim``, ``n_classes`` and keyword parameters only (its own config, with
+defaults); ``trainer.models.registry.build_model`` fills them from a run's TrainConfig by name. Class
+attributes tell the rest of the trainer what a model needs, so that no code outside the models names one:
+``attention_pooling``, ``score_kind``, ``uses_group_features_by_default``, ``uses_sg2m``, ``loss_terms``.
 """
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+# Loss terms written to metrics.csv as ``train_<term>`` columns, in this order, whatever the model: one
+# header for every run, so that runs of different models compare column by column. A term a model
+# returns outside this list (DSMIL's ``max_ce``) is averaged by the loop but not written.
+METRIC_TERMS = ("ce", "pb", "con", "inst_max", "inst")
+
+
+class TrainOutput(NamedTuple):
+    """What :meth:`MILModel.train_forward` returns (a tuple, so that DDP finds the tensors in it)."""
+
+    loss: torch.Tensor                  # () the weighted sum of ``terms``, attached to the graph
+    logits: torch.Tensor                # (1, C) the bag's training prediction, detached
+    terms: dict                         # name -> () unweighted loss term, attached to the graph
+    weights: dict                       # name -> weight of the term in ``loss``
+    info: dict                          # non-loss numbers (SAM-MIL: ``n_kept``)
+
+    @classmethod
+    def make(cls, logits: torch.Tensor, terms: dict, weights: dict | None = None,
+             info: dict | None = None) -> "TrainOutput":
+        """Sum ``weights[name] * terms[name]`` in the order of ``terms`` (a missing weight is 1)."""
+        weights = {k: float((weights or {}).get(k, 1.0)) for k in terms}
+        total = None
+        for k, t in terms.items():
+            x = t if weights[k] == 1.0 else weights[k] * t
+            total = x if total is None else total + x
+        return cls(total, logits.detach(), dict(terms), weights, dict(info or {}))
 
 
 class MILModel(nn.Module):
@@ -27,12 +62,21 @@ class MILModel(nn.Module):
 
     model_name = "base"
     attention_pooling = False      # True: attention-weighted pooling that the max-instance term helps
+    score_kind = "attention"       # what ``scores`` hold: "attention" weights or "instance" scores
+    uses_group_features_by_default = False   # TrainConfig.group_features=None resolves to this
+    uses_sg2m = False              # masks instances with SG2M (the store's SAM segments) while training
+    loss_terms: tuple = ("ce", "inst_max")   # every term train_forward may return
 
-    def __init__(self, in_dim: int, n_classes: int, cfg):
+    def __init__(self, in_dim: int, n_classes: int, *, group_features: bool = False,
+                 max_instance_weight: float = 0.0):
+        """Args:
+            group_features: append the segment group-feature tokens to the patches.
+            max_instance_weight: weight of the auxiliary max-instance CE (attention-pooling models).
+        """
         super().__init__()
         self.in_dim, self.n_classes = in_dim, n_classes
-        self.use_group_features = bool(cfg.group_features)
-        self.max_instance_weight = float(getattr(cfg, "max_instance_weight", 0.0) or 0.0)
+        self.use_group_features = bool(group_features)
+        self.max_instance_weight = float(max_instance_weight or 0.0)
         # feature standardisation (x - mean) / sd, fitted on the training part of each fold
         # (:meth:`set_feature_stats`); identity until then. Saved in checkpoints, so predict and heatmap
         # apply the same transform.
@@ -108,35 +152,40 @@ class MILModel(nn.Module):
         a = torch.softmax(s, dim=1)                                    # (P, T), 0 outside each row
         return self.classifier(a @ h)                                  # (P, C)
 
-    def instance_logits(self, h: torch.Tensor, cache: torch.Tensor | None = None) -> torch.Tensor | None:
-        """``(T, C)``: the logits of a bag holding only instance i; None for models without them."""
-        return None
+    def instance_logits(self, h: torch.Tensor, cache: torch.Tensor | None = None) -> torch.Tensor:
+        """``(T, C)``: row i = the logits of a bag holding only instance i.
 
-    def max_instance_loss(self, h: torch.Tensor, cache, y: torch.Tensor) -> torch.Tensor | None:
+        Default: the head on every single token (exact, one head call per token); models override it with
+        a vectorised equivalent where one exists (AB-MIL: ``classifier(h)``, a bag of one has attention 1).
+        """
+        return torch.cat([self.head(h[i:i + 1], None if cache is None else cache[i:i + 1])["logits"]
+                          for i in range(h.shape[0])])
+
+    def max_instance_loss(self, h: torch.Tensor, cache, y: torch.Tensor) -> torch.Tensor:
         """Auxiliary max-instance term: CE of the per-class maximum of :meth:`instance_logits` ``(1, C)``.
 
         The bag classifier, applied to each instance, must find the bag's class in its most convincing
         instance (max pooling). This aligns the classifier with the direction that separates a rare lesion
         from the rest early in training; attention then has a gradient towards the lesion patches instead
-        of towards whatever separates the training slides. None when the model has no instance logits.
+        of towards whatever separates the training slides.
         """
         il = self.instance_logits(h, cache)
-        if il is None:
-            return None
         return F.cross_entropy(il.max(0).values.unsqueeze(0), y.view(1))
 
-    def loss_dict(self, bag) -> dict:
+    def train_forward(self, bag) -> TrainOutput:
+        """``ce`` on the full bag, plus ``inst_max`` (weight ``max_instance_weight``) for attention pooling."""
         h = self.embed(self.tokens(bag))
         c = self.instance_cache(h)
         out = self.head(h, c)
-        ce = F.cross_entropy(out["logits"], bag.label.view(1))
-        res = {"loss": ce, "ce": ce, "logits": out["logits"].detach()}
+        terms = {"ce": F.cross_entropy(out["logits"], bag.label.view(1))}
         if self.max_instance_weight > 0 and self.attention_pooling:
-            mi = self.max_instance_loss(h, c, bag.label)
-            if mi is not None:
-                res["inst_max"] = mi
-                res["loss"] = ce + self.max_instance_weight * mi
-        return res
+            terms["inst_max"] = self.max_instance_loss(h, c, bag.label)
+        return TrainOutput.make(out["logits"], terms, {"inst_max": self.max_instance_weight})
+
+    def loss_dict(self, bag) -> dict:
+        """:meth:`train_forward` as one flat dict: ``{"loss", <term>..., "logits", <info>...}``."""
+        o = self.train_forward(bag)
+        return {"loss": o.loss, **o.terms, "logits": o.logits, **o.info}
 
 
 def init_linear_xavier(module: nn.Module) -> None:

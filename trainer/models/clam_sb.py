@@ -17,7 +17,7 @@ the embedding and the instance classifiers.
     loss = bag_weight * CE(bag) + (1 - bag_weight) * CE(instance pseudo-labels)
 
 Defaults ``k = 8`` (capped at ``T // 2`` so that top and bottom never overlap) and ``bag_weight = 0.7``
-(CLAM's defaults); override through ``TrainConfig.extra`` keys ``clam_k`` / ``clam_bag_weight``.
+(CLAM's defaults): the parameters ``clam_k`` / ``clam_bag_weight``, set through ``TrainConfig.extra``.
 Cross-entropy instance loss (CLAM also offers a smooth-SVM loss; not implemented).
 """
 from __future__ import annotations
@@ -27,18 +27,20 @@ import torch.nn.functional as F
 from torch import nn
 
 from trainer.models.abmil_gated import GatedABMIL
-from trainer.models.base import init_linear_xavier
+from trainer.models.base import TrainOutput, init_linear_xavier
 from trainer.models.registry import register_model
 
 
 @register_model("clam-sb")
 class CLAMSB(GatedABMIL):
-    def __init__(self, in_dim: int, n_classes: int, cfg):
-        super().__init__(in_dim, n_classes, cfg)
-        extra = getattr(cfg, "extra", None) or {}
-        self.k = int(extra.get("clam_k", 8))
-        self.bag_weight = float(extra.get("clam_bag_weight", 0.7))
-        self.instance_classifiers = nn.ModuleList([nn.Linear(cfg.hidden_dim, 2) for _ in range(n_classes)])
+    loss_terms = ("ce", "inst")
+
+    def __init__(self, in_dim: int, n_classes: int, *, clam_k: int = 8, clam_bag_weight: float = 0.7,
+                 hidden_dim: int = 512, **kw):
+        super().__init__(in_dim, n_classes, hidden_dim=hidden_dim, **kw)
+        self.k = int(clam_k)
+        self.bag_weight = float(clam_bag_weight)
+        self.instance_classifiers = nn.ModuleList([nn.Linear(hidden_dim, 2) for _ in range(n_classes)])
         init_linear_xavier(self.instance_classifiers)
 
     def instance_loss(self, h: torch.Tensor, s: torch.Tensor, y: int) -> torch.Tensor | None:
@@ -61,16 +63,14 @@ class CLAMSB(GatedABMIL):
                     losses.append(F.cross_entropy(self.instance_classifiers[c](h[top]), zeros))
         return torch.stack(losses).mean()
 
-    def loss_dict(self, bag) -> dict:
+    def train_forward(self, bag) -> TrainOutput:
+        """``bag_weight * ce + (1 - bag_weight) * inst``; ``ce`` alone for a bag too small for ``inst``."""
         h = self.embed(self.tokens(bag))                      # (T, E)
         s = self.instance_cache(h)                            # (T,)
         out = self.head(h, s)
         ce = F.cross_entropy(out["logits"], bag.label.view(1))
         inst = self.instance_loss(h, s, int(bag.label))
-        res = {"ce": ce, "logits": out["logits"].detach()}
         if inst is None:
-            res["loss"] = ce
-        else:
-            res["inst"] = inst
-            res["loss"] = self.bag_weight * ce + (1.0 - self.bag_weight) * inst
-        return res
+            return TrainOutput.make(out["logits"], {"ce": ce})
+        return TrainOutput.make(out["logits"], {"ce": ce, "inst": inst},
+                                {"ce": self.bag_weight, "inst": 1.0 - self.bag_weight})

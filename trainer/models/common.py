@@ -5,13 +5,13 @@ import torch
 from torch import nn
 
 
-def instance_embedding(in_dim: int, cfg) -> nn.Sequential:
+def instance_embedding(in_dim: int, hidden_dim: int, dropout: float) -> nn.Sequential:
     """``Linear(D, E) -> ReLU -> Dropout``: the per-instance network every baseline starts with.
 
     The same first layer as the reference AB-MIL, so that a comparison between models measures the
     pooling / aggregation and not the width of the embedding.
     """
-    return nn.Sequential(nn.Linear(in_dim, cfg.hidden_dim), nn.ReLU(), nn.Dropout(cfg.dropout))
+    return nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.ReLU(), nn.Dropout(dropout))
 
 
 def score_class(logits: torch.Tensor) -> int:

@@ -20,17 +20,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainer.models.base import MILModel, init_linear_xavier
+from trainer.models.base import MILModel, TrainOutput, init_linear_xavier
 from trainer.models.common import instance_embedding, score_class
 from trainer.models.registry import register_model
 
 
 @register_model("dsmil")
 class DSMIL(MILModel):
-    def __init__(self, in_dim: int, n_classes: int, cfg):
-        super().__init__(in_dim, n_classes, cfg)
-        E, Q = cfg.hidden_dim, cfg.attn_dim
-        self.embed_net = instance_embedding(in_dim, cfg)
+    loss_terms = ("ce", "max_ce")    # bag stream, max stream
+
+    def __init__(self, in_dim: int, n_classes: int, *, hidden_dim: int = 512, attn_dim: int = 128,
+                 dropout: float = 0.25, **common):
+        super().__init__(in_dim, n_classes, **common)
+        E, Q = hidden_dim, attn_dim
+        self.embed_net = instance_embedding(in_dim, hidden_dim, dropout)
         self.instance_classifier = nn.Linear(E, n_classes)
         self.q = nn.Sequential(nn.Linear(E, Q), nn.Tanh())
         self.v = nn.Linear(E, E)
@@ -72,10 +75,8 @@ class DSMIL(MILModel):
         bag = self.v(h) @ W.T + self.bag_classifier.bias      # (T, C)
         return 0.5 * (c + bag)
 
-    def loss_dict(self, bag) -> dict:
+    def train_forward(self, bag) -> TrainOutput:
         y = bag.label.view(1)
         out = self.forward(bag)
-        l_bag = F.cross_entropy(out["bag_logits"], y)
-        l_max = F.cross_entropy(out["max_logits"], y)
-        loss = 0.5 * (l_bag + l_max)
-        return {"loss": loss, "ce": l_bag, "max_ce": l_max, "logits": out["logits"].detach()}
+        terms = {"ce": F.cross_entropy(out["bag_logits"], y), "max_ce": F.cross_entropy(out["max_logits"], y)}
+        return TrainOutput.make(out["logits"], terms, {"ce": 0.5, "max_ce": 0.5})

@@ -22,10 +22,12 @@ from trainer.models.registry import register_model
 
 @register_model("mean")
 class MeanPoolMIL(MILModel):
-    def __init__(self, in_dim: int, n_classes: int, cfg):
-        super().__init__(in_dim, n_classes, cfg)
-        self.embed_net = instance_embedding(in_dim, cfg)
-        self.instance_classifier = nn.Linear(cfg.hidden_dim, n_classes)
+    score_kind = "instance"
+
+    def __init__(self, in_dim: int, n_classes: int, *, hidden_dim: int = 512, dropout: float = 0.25, **common):
+        super().__init__(in_dim, n_classes, **common)
+        self.embed_net = instance_embedding(in_dim, hidden_dim, dropout)
+        self.instance_classifier = nn.Linear(hidden_dim, n_classes)
         init_linear_xavier(self)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:

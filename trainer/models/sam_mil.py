@@ -22,20 +22,32 @@ import torch.nn.functional as F
 
 from trainer.losses import consistency_loss
 from trainer.masking import SG2M
-from trainer.models.base import MILModel
-from trainer.models.registry import build_model, register_model
+from trainer.models.base import MILModel, TrainOutput
+from trainer.models.registry import register_model
 from trainer.pseudo_bags import pseudo_bag_indices
 
 
 @register_model("sam-mil")
 class SAMMIL(MILModel):
-    def __init__(self, in_dim: int, n_classes: int, cfg):
-        super().__init__(in_dim, n_classes, cfg)
-        self.backbone = build_model(cfg.backbone, in_dim, n_classes, cfg)
-        self.sg2m = SG2M(cfg.mask, cfg.mask_ratio, cfg.ratio_fn, cfg.sigmoid_a, cfg.sigmoid_b, cfg.area_unit,
-                         cfg.group_by)
-        self.m, self.alpha, self.beta = cfg.pseudo_bags, cfg.alpha, cfg.beta
-        self.con_form, self.con_unassigned = cfg.con_form, cfg.con_unassigned
+    uses_group_features_by_default = True
+    uses_sg2m = True
+    loss_terms = ("ce", "pb", "con", "inst_max")
+
+    def __init__(self, in_dim: int, n_classes: int, *, backbone: MILModel, mask: str = "sam",
+                 mask_ratio: float = 0.9, ratio_fn: str = "sigmoid", sigmoid_a: float = 2.0,
+                 sigmoid_b: float = -2.0, area_unit: str = "relative-size", group_by: str = "segment",
+                 pseudo_bags: int = 5, alpha: float = 0.5, beta: float = 0.0, con_form: str = "within-share",
+                 con_unassigned: bool = False, **common):
+        """Args:
+            backbone: the plain MIL model trained (built by the registry from ``TrainConfig.backbone``).
+            mask ... group_by: SG2M (trainer/masking.py); pseudo_bags: m; alpha: weight of ``pb``;
+            beta: weight of ``con``; con_form, con_unassigned: the consistency term (trainer/losses.py).
+        """
+        super().__init__(in_dim, n_classes, **common)
+        self.backbone = backbone
+        self.sg2m = SG2M(mask, mask_ratio, ratio_fn, sigmoid_a, sigmoid_b, area_unit, group_by)
+        self.m, self.alpha, self.beta = pseudo_bags, alpha, beta
+        self.con_form, self.con_unassigned = con_form, con_unassigned
 
     def attention_output_layers(self):
         return self.backbone.attention_output_layers()
@@ -63,7 +75,8 @@ class SAMMIL(MILModel):
             g[~groups.is_segment[g]] = -1
         return torch.cat([g, g.new_full((self.n_group_tokens(bag),), -1)])
 
-    def loss_dict(self, bag) -> dict:
+    def train_forward(self, bag) -> TrainOutput:
+        """Terms ``ce`` (masked bag), ``pb`` (weight alpha), ``inst_max``, ``con`` (weight beta); eq. 13."""
         y = bag.label.view(1)
         x = self.tokens(bag)                                   # (T, D)
         h = self.embed(x)                                      # (T, E)
@@ -85,23 +98,14 @@ class SAMMIL(MILModel):
             masked_logits = self.head(h[keep], self._take(c, keep))["logits"]
             part_logits = (torch.cat([self.head(h[keep[p]], self._take(c, keep[p]))["logits"] for p in parts])
                            if parts else None)
-        l_cls = F.cross_entropy(masked_logits, y)
-        loss = l_cls
-        out = {"ce": l_cls, "logits": masked_logits.detach(), "n_kept": int(keep.numel())}
-
+        terms = {"ce": F.cross_entropy(masked_logits, y)}
         if parts:
-            l_p = F.cross_entropy(part_logits, y.expand(part_logits.shape[0]))   # mean over pseudo-bags
-            loss = loss + self.alpha * l_p
-            out["pb"] = l_p
+            terms["pb"] = F.cross_entropy(part_logits, y.expand(part_logits.shape[0]))   # mean over pseudo-bags
         if self.max_instance_weight > 0 and self.backbone.attention_pooling:
-            mi = self.max_instance_loss(h, c, y)               # full bag, as the plain backbone
-            if mi is not None:
-                loss = loss + self.max_instance_weight * mi
-                out["inst_max"] = mi
+            terms["inst_max"] = self.max_instance_loss(h, c, y)   # full bag, as the plain backbone
         if self.beta > 0:
             att = self.head(h, c)["scores"]                    # (T,) full-bag attention
-            l_con = consistency_loss(att, self.token_groups(bag, groups), self.con_form, groups.n_groups)
-            loss = loss + self.beta * l_con
-            out["con"] = l_con
-        out["loss"] = loss
-        return out
+            terms["con"] = consistency_loss(att, self.token_groups(bag, groups), self.con_form, groups.n_groups)
+        return TrainOutput.make(masked_logits, terms,
+                                {"pb": self.alpha, "inst_max": self.max_instance_weight, "con": self.beta},
+                                {"n_kept": int(keep.numel())})

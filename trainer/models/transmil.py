@@ -91,11 +91,11 @@ class PPEG(nn.Module):
 
 @register_model("transmil")
 class TransMIL(MILModel):
-    def __init__(self, in_dim: int, n_classes: int, cfg):
-        super().__init__(in_dim, n_classes, cfg)
-        E = cfg.hidden_dim
+    def __init__(self, in_dim: int, n_classes: int, *, hidden_dim: int = 512, dropout: float = 0.25, **common):
+        super().__init__(in_dim, n_classes, **common)
+        E = hidden_dim
         heads = n_heads_for(E)
-        self.embed_net = instance_embedding(in_dim, cfg)
+        self.embed_net = instance_embedding(in_dim, hidden_dim, dropout)
         self.cls_token = nn.Parameter(torch.randn(1, E) * 0.02)
         self.layer1 = TransLayer(E, heads)
         self.ppeg = PPEG(E)
