@@ -3,8 +3,6 @@
 These are the README's main job (scripts/demo.sh) in miniature: convert -> inspect -> fit -> predict.
 """
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -80,12 +78,3 @@ def test_demo_fit_and_predict_through_cli(demo_store, tmp_path, capsys):
     preds = tmp_path / "preds"
     assert _exit(samtrain, ["predict", run, demo_store, "--out", preds]) == 0
     assert any(preds.iterdir())
-
-
-def test_readme_is_assembled_from_docs_and_quick_start_scripts_exist():
-    assert subprocess.run([sys.executable, str(ROOT / "docs" / "build_readme.py"), "--check"]).returncode == 0, \
-        "README.md is out of date: run `python docs/build_readme.py`"
-    readme = (ROOT / "README.md").read_text()
-    for script in ("scripts/demo.sh", "scripts/test.sh"):
-        assert f"./{script}" in readme and (ROOT / script).stat().st_mode & 0o111
-    assert "scripts/test.sh" in (ROOT / ".ci" / "run").read_text()
