@@ -8,18 +8,13 @@ import click
 
 from clam2sam.cli import options as opt
 from clam2sam.cli.boundary import LazyConsole
+from clam2sam.cli.sam_options import add_sam_options
 from clam2sam.convert.cohort import REPORT_NAME, ConvertOptions, convert_cohort
+from clam2sam.sam.provider import SamPassOptions, build_sam_provider
 from clam2sam.sources.discover import LAYOUTS
 
-try:
-    from clam2sam.cli.sam_options import add_sam_options, build_sam_provider
-except ImportError:  # the SAM pass is optional
-    def add_sam_options(f):
-        return f
-    build_sam_provider = None
-
-_dir = opt.LocalPath(exists=True, file_okay=False, path_type=Path)  # paths or file:// URLs
-_file = opt.LocalPath(exists=True, dir_okay=False, path_type=Path)
+_dir = opt.dir_type()    # paths or file:// URLs
+_file = opt.file_type()
 
 EPILOG = """\b
 Examples:
@@ -37,12 +32,6 @@ Examples:
 Re-running the same command resumes: complete slides are skipped, interrupted ones redone.
 Exit codes: 0 all slides converted (or already there), 1 some slides failed, 2 usage error.
 """
-
-_KEYS = ("layout", "features_dir", "pt_dir", "patches_dir", "sam_info_dir", "segments_dir", "slides_dir", "encoder",
-         "process_list", "dataset_csv", "label_col", "mpp", "mpp_csv", "patch_size_level0", "level_downsamples",
-         "legacy_downsample", "membership", "overwrite", "skip_errors", "workers", "break_stale_lock",
-         "codec", "clevel", "dask_scheduler", "dask_local")
-
 
 def _summary(console, report, out: Path, report_path: Path) -> None:
     from rich.table import Table
@@ -78,8 +67,8 @@ def _summary(console, report, out: Path, report_path: Path) -> None:
 
 @click.command("convert", epilog=EPILOG)
 @click.argument("archive", type=_dir)
-@click.option("--out", "-o", type=opt.LocalPath(path_type=Path), required=True,
-              help="Zarr store to create or resume (a path or file:// URL).")
+@opt.out_option("Zarr store to create or resume (a path or file:// URL).", type=opt.LocalPath(path_type=Path),
+                required=True, short=True)
 @click.option("--layout", type=click.Choice(LAYOUTS), default=None, help="Force the archive layout (default: detect).")
 @click.option("--features-dir", type=_dir, default=None, help="Folder of feature .h5 files (default: ARCHIVE/h5_files).")
 @click.option("--pt-dir", type=_dir, default=None, help="Folder of feature .pt files (default: ARCHIVE/pt_files).")
@@ -87,14 +76,14 @@ def _summary(console, report, out: Path, report_path: Path) -> None:
 @click.option("--sam-info-dir", type=_dir, default=None, help="SAM-MIL sam_info/ folder (marks group rows).")
 @click.option("--segments-dir", type=_dir, default=None,
               help="SAM-MIL segments/<id>.pkl folder (default: ARCHIVE/segments when present).")
-@opt.slides_dir_option
+@opt.slides_dir_option()
 @click.option("--encoder", default=None, help="Encoder name (selects TRIDENT's features_<encoder>; recorded).")
 @click.option("--process-list", type=_file, default=None,
               help="CLAM process_list_autogen.csv selecting slides (default: ARCHIVE/process_list_autogen.csv).")
 @click.option("--no-process-list", is_flag=True, help="Ignore any process list: convert every slide found.")
 @click.option("--dataset-csv", type=_file, default=None, help="CLAM dataset CSV case_id,slide_id,label.")
 @click.option("--label-col", default="label", show_default=True, help="Label column of --dataset-csv.")
-@click.option("--slide", "slides", multiple=True, metavar="ID", help="Convert only this slide (repeatable).")
+@opt.slide_option("Convert only this slide (repeatable).", metavar="ID")
 @opt.mpp_options
 @click.option("--patch-size-level0", type=float, default=None,
               help="Patch side in level-0 pixels (default: from the patches h5 / TRIDENT attrs).")
@@ -102,7 +91,7 @@ def _summary(console, report, out: Path, report_path: Path) -> None:
 @click.option("--legacy-downsample", type=float, default=None,
               help="Legacy CLAM (create_patches.py) coords: level-0 pixels per patch-level pixel.")
 @opt.membership_option
-@opt.overwrite_option
+@opt.overwrite_option()
 @opt.skip_errors_option
 @opt.workers_option
 @click.option("--dask-scheduler", metavar="tcp://HOST:PORT", default=None,
@@ -123,8 +112,8 @@ def _summary(console, report, out: Path, report_path: Path) -> None:
                    ".pt beside its h5 is only cross-checked: size recorded), 'all' = also those, 'none' = sizes only.")
 @click.option("--no-checksums", is_flag=True, help="Same as --checksums none (faster on huge archives).")
 @opt.break_stale_lock_option
-@opt.json_option
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary table (errors still shown).")
+@opt.json_option()
+@opt.quiet_option("No progress bar or summary table (errors still shown).")
 @add_sam_options
 def command(archive: Path, out: Path, no_process_list: bool, slides, report_path, checksums: str, no_checksums: bool,
             as_json: bool, quiet: bool, **kwargs) -> int:
@@ -133,14 +122,14 @@ def command(archive: Path, out: Path, no_process_list: bool, slides, report_path
     ARCHIVE is CLAM's --feat_dir (h5_files/, pt_files/, with patches/ beside them), a TRIDENT job
     or configuration folder, or a SAM-MIL feat_dir. Sources are only read, never modified.
     """
-    provider = None
-    if build_sam_provider is not None:
-        provider = build_sam_provider(kwargs, kwargs.get("slides_dir"), store=out)
-    options = ConvertOptions(archive=archive, out=out, use_process_list=not no_process_list, slides=slides,
-                             report_path=report_path,
-                             checksums=False if no_checksums or checksums == "none" else
-                             ("all" if checksums == "all" else True),
-                             **{k: kwargs[k] for k in _KEYS if k in kwargs})
+    sam = opt.settings_from(SamPassOptions, kwargs)
+    provider = build_sam_provider(sam, slides_dir=kwargs.get("slides_dir"), store=out,
+                                  segments_dir=kwargs.get("segments_dir"), workers=kwargs.get("workers") or 1,
+                                  verbose=not quiet)
+    options = opt.settings_from(ConvertOptions, kwargs, strict=True, archive=archive, out=out, slides=slides,
+                                use_process_list=not no_process_list, report_path=report_path,
+                                checksums=False if no_checksums or checksums == "none" else
+                                ("all" if checksums == "all" else True))
     console = LazyConsole(stderr=True)   # rich only when something is drawn or said (not with -q on success)
     rp = report_path or out / REPORT_NAME
     if quiet:

@@ -7,6 +7,7 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from clam2sam.cli import options as opt
 from clam2sam.sam import cache as sam_cache
 from clam2sam.sam.export import export_segments, resolve_cache_dir
 
@@ -24,15 +25,14 @@ def _mb(n: int) -> str:
 
 
 @click.command("export-segments", epilog=EPILOG)
-@click.argument("store", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--out", "-o", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
-              help="Folder for <slide_id>.pkl (SAM-MIL's --data_segment_dir).")
-@click.option("--slide", "slides", multiple=True, metavar="ID", help="Export only this slide (repeatable).")
-@click.option("--sam-cache", "cache_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
-              default=None, help="Cache folder when it is not STORE/sam_cache.")
+@click.argument("store", type=opt.dir_type())
+@opt.out_option("Folder for <slide_id>.pkl (SAM-MIL's --data_segment_dir).", type=opt.dir_type(exists=False),
+                required=True, short=True, dest="out_dir")
+@opt.slide_option("Export only this slide (repeatable).", metavar="ID")
+@opt.sam_cache_option("Cache folder when it is not STORE/sam_cache.", dest="cache_dir", exists=True)
 @click.option("--patch-size", type=float, default=None,
               help="image_info['patch_size'] (level-0 patch side) when the cache does not record it.")
-@click.option("--overwrite", is_flag=True, help="Replace existing pickles.")
+@opt.overwrite_option("Replace existing pickles.")
 def command(store: Path, out_dir: Path, slides, cache_dir, patch_size, overwrite) -> int:
     """Write SAM-MIL-compatible Segments pickles from STORE's cached SAM results.
 

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from clam2sam.cli import options as opt
 from clam2sam.cli.boundary import LazyConsole
 from clam2sam.errors import StoreError
 from clam2sam.inspect.stats import QUANTILE_KEYS, cohort_stats, flatten_scalars, slide_stats, to_json
@@ -77,16 +78,16 @@ def _progress(err):
 
 
 @click.command("inspect", epilog=EPILOG)
-@click.argument("store", type=click.Path(exists=True, file_okay=False))
-@click.option("--slide", "slide_id", metavar="ID", help="Report one slide (plus its largest segments).")
-@click.option("--json", "as_json", is_flag=True, help="Print the numbers as one JSON object on stdout.")
+@click.argument("store", type=opt.dir_type(path_type=None))
+@opt.slide_option("Report one slide (plus its largest segments).", multiple=False, dest="slide_id", metavar="ID")
+@opt.json_option("Print the numbers as one JSON object on stdout.")
 @click.option("--check", "do_check", is_flag=True,
               help="Verify the store against itself; exit code 1 when a problem is found.")
 @click.option("--no-source-check", is_flag=True, help="With --check: do not re-hash the source files.")
-@click.option("--plot", "plot_dir", type=click.Path(file_okay=False), metavar="DIR",
+@click.option("--plot", "plot_dir", type=opt.dir_type(exists=False, path_type=None), metavar="DIR",
               help="Write PNG segment maps per slide and cohort histograms into DIR.")
-@click.option("--slides-dir", type=click.Path(exists=True, file_okay=False), metavar="DIR",
-              help="With --plot: draw segments over slide thumbnails found here (any extension).")
+@opt.slides_dir_option("With --plot: draw segments over slide thumbnails found here (any extension).",
+                       path_type=None, metavar="DIR")
 @click.option("--max-slides", type=click.IntRange(min=0), default=20, show_default=True,
               help="With --plot: at most this many per-slide pictures.")
 @click.option("--top", type=click.IntRange(min=1), default=10, show_default=True,

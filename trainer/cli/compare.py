@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from clam2sam.cli import options as opt
 COMPARE_EPILOG = """\b
 Examples:
   samtrain compare runs/sammil runs/abmil                   # table on stderr, files in runs/compare_sammil_vs_abmil/
@@ -33,14 +34,12 @@ def _default_out(runs: tuple[str, ...]) -> Path:
 
 
 @click.command("compare", epilog=COMPARE_EPILOG, context_settings={"max_content_width": 100})
-@click.argument("runs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False),
+@click.argument("runs", nargs=-1, required=True, type=opt.dir_type(path_type=None),
                 metavar="RUN_A RUN_B [RUN ...]")
-@click.option("--out", type=click.Path(file_okay=False),
-              help="Where to write forest.png, index.html and compare.json. Default: compare_A_vs_B beside RUN_A.")
-@click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON to stdout.")
-@click.option("--n-boot", default=10000, show_default=True, type=click.IntRange(100, 1_000_000),
-              help="Bootstrap resamples of the paired mean differences.")
-@click.option("--seed", default=0, show_default=True, type=int, help="Bootstrap seed.")
+@opt.out_option("Where to write forest.png, index.html and compare.json. Default: compare_A_vs_B beside RUN_A.")
+@opt.json_option("Print the comparison as JSON to stdout.")
+@opt.n_boot_option(default=10000, help="Bootstrap resamples of the paired mean differences.")
+@opt.seed_option(default=0, help="Bootstrap seed.")
 def compare(runs, out, as_json, n_boot, seed):
     """Compare RUN_A with each further run on the same folds: paired mean differences with 95 % intervals.
 
@@ -61,10 +60,9 @@ def compare(runs, out, as_json, n_boot, seed):
 
 
 @click.command("report", epilog=REPORT_EPILOG, context_settings={"max_content_width": 100})
-@click.argument("run", type=click.Path(exists=True, file_okay=False))
-@click.option("--out", type=click.Path(file_okay=False), help="Where to write. Default: RUN/report.")
-@click.option("--n-boot", default=2000, show_default=True, type=click.IntRange(100, 1_000_000),
-              help="Bootstrap resamples of the pooled test AUC interval.")
+@click.argument("run", type=opt.dir_type(path_type=None))
+@opt.out_option("Where to write. Default: RUN/report.")
+@opt.n_boot_option(default=2000, help="Bootstrap resamples of the pooled test AUC interval.")
 def report(run, out, n_boot):
     """Draw (again) the report of a finished run: PNGs and one self-contained RUN/report/index.html."""
     from trainer.run_report import write_report

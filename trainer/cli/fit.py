@@ -6,6 +6,7 @@ import os
 
 import click
 
+from clam2sam.cli import options as opt
 from trainer.config import (ATTN_INITS, AREA_UNITS, CON_FORMS, DEFAULT_SIGMOID_A, DEFAULT_SIGMOID_B, GROUP_BY, MASK_MODES,
                             MONITORS, RATIO_FNS, SCHEDULERS, TrainConfig)
 
@@ -30,10 +31,8 @@ def _opt_group(f):
     """All TrainConfig options (decorators applied bottom-up)."""
     d = TrainConfig()
     opts = [
-        click.option("--out", "out", required=True, type=click.Path(file_okay=False),
-                     help="Run directory (created; re-run the same command to resume)."),
-        click.option("--labels", type=click.Path(dir_okay=False),
-                     help="CSV slide_id,label[,case_id] (header optional). Default: the store's slide labels."),
+        opt.out_option("Run directory (created; re-run the same command to resume).", required=True),
+        opt.labels_option("CSV slide_id,label[,case_id] (header optional). Default: the store's slide labels."),
         click.option("--skip-damaged", is_flag=True,
                      help="Train without slides whose store metadata is damaged (default: stop with an error "
                           "naming them). Left-out slides and why: summary and results.json excluded_slides."),
@@ -83,7 +82,7 @@ def _opt_group(f):
         # bag level
         click.option("--pseudo-bags", "pseudo_bags", default=d.pseudo_bags, show_default=True, type=int,
                      help="m: pseudo-bags cut from the masked bag."),
-        click.option("--alpha", default=d.alpha, show_default=True, type=float, help="Pseudo-bag loss weight."),
+        opt.alpha_option(default=d.alpha, help="Pseudo-bag loss weight."),
         click.option("--beta", default=d.beta, show_default=True, type=float, help="Consistency loss weight."),
         click.option("--con-form", type=click.Choice(CON_FORMS), default=d.con_form, show_default=True,
                      help="within-share: share of the log-attention variance that lies within segments, "
@@ -98,9 +97,9 @@ def _opt_group(f):
                      help="Repeat the K-fold with seeds seed, seed+1, ..."),
         click.option("--val-frac", default=d.val_frac, show_default=True, type=float,
                      help="Share of each training part used for validation (selection, stopping, threshold)."),
-        click.option("--splits", "splits_dir", type=click.Path(file_okay=False, exists=True),
+        click.option("--splits", "splits_dir", type=opt.dir_type(path_type=None),
                      help="Reuse CLAM splits_<k>.csv files instead of the built-in CV."),
-        click.option("--seed", default=d.seed, show_default=True, type=int),
+        opt.seed_option(default=d.seed),
         # optimisation
         click.option("--lr", default=d.lr, show_default=True, type=float),
         click.option("--weight-decay", default=d.weight_decay, show_default=True, type=float),
@@ -130,14 +129,14 @@ def _opt_group(f):
                      help="torch CPU threads (0 = torch default). Use 1 on a busy machine with small bags."),
         click.option("--cache/--no-cache", default=d.cache, show_default=True,
                      help="Keep bags in RAM after their first read."),
-        click.option("--device", default=d.device, show_default=True, help="auto | cpu | cuda[:i]"),
+        opt.device_option("auto | cpu | cuda[:i]", default=d.device),
         click.option("--ddp/--no-ddp", default=None,
                      help="DistributedDataParallel across the processes torchrun started (default: on when "
                           "launched by torchrun with WORLD_SIZE > 1). See docs/cluster.md."),
         click.option("--resume/--no-resume", default=d.resume, show_default=True),
-        click.option("--overwrite", is_flag=True, help="Delete an existing run in --out first."),
-        click.option("-q", "--quiet", is_flag=True, help="No progress bars."),
-        click.option("--json", "as_json", is_flag=True, help="Print results.json to stdout."),
+        opt.overwrite_option("Delete an existing run in --out first."),
+        opt.quiet_option("No progress bars."),
+        opt.json_option("Print results.json to stdout."),
     ]
     for o in reversed(opts):
         f = o(f)
@@ -153,7 +152,7 @@ def _list_models(ctx, _param, value):
 
 
 @click.command("fit", epilog=EPILOG, context_settings={"max_content_width": 100})
-@click.argument("store", type=click.Path(exists=True, file_okay=False))
+@click.argument("store", type=opt.dir_type(path_type=None))
 @_opt_group
 @click.option("--list-models", is_flag=True, is_eager=True, expose_value=False, callback=_list_models,
               help="List registered models and exit.")

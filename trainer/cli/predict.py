@@ -5,6 +5,7 @@ import json
 
 import click
 
+from clam2sam.cli import options as opt
 from trainer.heatmap import NORMS, VALUES
 
 PREDICT_EPILOG = """\b
@@ -40,27 +41,25 @@ One PNG per slide (maps/<slide>.png): patches at their level-0 position coloured
 title; maps/heatmaps.json records each figure's origin and scale.
 """
 
-_COMMON = [
-    click.option("--labels", type=click.Path(dir_okay=False, exists=True),
-                 help="CSV slide_id,label[,case_id]. Default: the store's slide labels."),
-    click.option("--slide", "slides", multiple=True, help="Only this slide (repeatable)."),
+_source = click.argument("source", type=opt.LocalPath(exists=True))
+_store = click.argument("store", type=opt.dir_type(path_type=None))
+_slide = opt.slide_option("Only this slide (repeatable).")
+_quiet = opt.quiet_option("No progress bar.")
+_common = opt.stack(
+    opt.labels_option("CSV slide_id,label[,case_id]. Default: the store's slide labels.", exists=True),
+    _slide,
     click.option("--patch-probs", is_flag=True,
                  help="Also write each patch's probability (the model on a bag of that patch alone)."),
-    click.option("--device", default="cpu", show_default=True, help="cpu | cuda[:i]"),
-    click.option("-q", "--quiet", is_flag=True, help="No progress bar."),
-]
-
-
-def _common(f):
-    for o in reversed(_COMMON):
-        f = o(f)
-    return f
+    opt.device_option("cpu | cuda[:i]", default="cpu"),
+    _quiet,
+)
+_out = opt.out_option("Output folder.", required=True)
 
 
 @click.command("predict", epilog=PREDICT_EPILOG, context_settings={"max_content_width": 100})
-@click.argument("source", type=click.Path(exists=True))
-@click.argument("store", type=click.Path(exists=True, file_okay=False))
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder.")
+@_source
+@_store
+@_out
 @_common
 def predict(source, store, out, labels, slides, patch_probs, device, quiet):
     """Predict every slide of STORE with SOURCE (a run directory, a fold directory or a checkpoint)."""
@@ -72,11 +71,11 @@ def predict(source, store, out, labels, slides, patch_probs, device, quiet):
 
 
 @click.command("eval", epilog=EVAL_EPILOG, context_settings={"max_content_width": 100})
-@click.argument("source", type=click.Path(exists=True))
-@click.argument("store", type=click.Path(exists=True, file_okay=False))
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder.")
+@_source
+@_store
+@_out
 @_common
-@click.option("--json", "as_json", is_flag=True, help="Print metrics.json to stdout.")
+@opt.json_option("Print metrics.json to stdout.")
 def eval_(source, store, out, labels, slides, patch_probs, device, quiet, as_json):
     """Predict a labelled STORE with SOURCE and score it (AUC, accuracy, F1, confusion matrix, ROC)."""
     from trainer.evaluate import metrics_table, run_eval
@@ -89,24 +88,23 @@ def eval_(source, store, out, labels, slides, patch_probs, device, quiet, as_jso
 
 
 @click.command("heatmap", epilog=HEATMAP_EPILOG, context_settings={"max_content_width": 100})
-@click.argument("source", type=click.Path(exists=True))
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder for the PNGs.")
-@click.option("--store", type=click.Path(exists=True, file_okay=False),
+@_source
+@opt.out_option("Output folder for the PNGs.", required=True)
+@click.option("--store", type=opt.dir_type(path_type=None),
               help="Store to predict when SOURCE is a run or checkpoint (not needed for a predict output).")
-@click.option("--slides-dir", type=click.Path(exists=True, file_okay=False),
-              help="Folder of slide files: draw over the slide thumbnail (matched by normalised slide id).")
+@opt.slides_dir_option("Folder of slide files: draw over the slide thumbnail (matched by normalised slide id).",
+                       path_type=None)
 @click.option("--value", type=click.Choice(VALUES), default="attention", show_default=True,
               help="Colour by attention / instance score, or by per-patch tumour probability.")
 @click.option("--norm", type=click.Choice(NORMS), default=None,
               help="Colour scale. Default: percentile for attention, none for probability.")
 @click.option("--cmap", default="jet", show_default=True, help="Matplotlib colour map.")
-@click.option("--alpha", default=0.6, show_default=True, type=click.FloatRange(0, 1),
-              help="Opacity of the patches over the thumbnail.")
+@opt.alpha_option(default=0.6, type=click.FloatRange(0, 1), help="Opacity of the patches over the thumbnail.")
 @click.option("--max-size", default=1024, show_default=True, type=click.IntRange(16, 16384),
               help="Long side of the drawing in pixels.")
 @click.option("--outlines/--no-outlines", default=True, show_default=True, help="Draw segment outlines.")
-@click.option("--slide", "slides", multiple=True, help="Only this slide (repeatable).")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@_slide
+@_quiet
 def heatmap(source, out, store, slides_dir, value, norm, cmap, alpha, max_size, outlines, slides, quiet):
     """Draw one heatmap PNG per slide from SOURCE (a predict output, or a run / checkpoint with --store)."""
     import matplotlib
