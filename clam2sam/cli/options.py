@@ -66,8 +66,8 @@ def settings_from(cls, params: dict, *, strict: bool = False, **values):
 
 def out_option(help: str, *, type=None, required: bool = False, short: bool = False, dest: str = "out"):
     """``--out`` (``-o`` with ``short``): where a command writes; a path or file:// URL."""
-    flags = ("--out", "-o") if short else ("--out",)
-    return click.option(*flags, dest, type=type or LocalPath(file_okay=False), required=required, help=help)
+    return click.option("--out", *(("-o",) if short else ()), dest, type=type or LocalPath(file_okay=False),
+                        required=required, help=help)
 
 
 def slide_option(help: str, *, multiple: bool = True, dest: str = "slides", metavar: str | None = None):

@@ -39,27 +39,6 @@ class WorkerLostError(Clam2SamError):
     """The Dask worker converting a slide died (killed, out of memory) or the task could not run."""
 
 
-def check_dask_options(o) -> None:
-    """Validate the Dask fields of a ConvertOptions.
-
-    Raises:
-        UsageError: both executors, ``--workers`` with Dask, N < 1, or distributed not installed.
-    """
-    if o.dask_scheduler and o.dask_local:
-        raise UsageError("--dask-scheduler and --dask-local exclude each other",
-                         fix="connect to a running cluster (--dask-scheduler) or start a local one (--dask-local)")
-    if o.dask_local is not None and int(o.dask_local) < 1:
-        raise UsageError("--dask-local must be >= 1", fix="pass the number of worker processes, e.g. --dask-local 4")
-    if o.workers > 1:
-        raise UsageError("--workers does not combine with --dask-scheduler/--dask-local",
-                         fix="drop --workers: the Dask workers convert the slides")
-    try:
-        import distributed  # noqa: F401
-    except ImportError as e:
-        raise UsageError("--dask-scheduler/--dask-local need dask.distributed",
-                         fix="pip install 'dask[distributed]'") from e
-
-
 @contextlib.contextmanager
 def dask_client(scheduler: str | None = None, n_local: int | None = None) -> Iterator:
     """A distributed Client connected to ``scheduler``, or to a fresh LocalCluster of ``n_local`` processes.

@@ -98,7 +98,6 @@ def check_options(o: ConvertOptions) -> None:
     if o.workers < 1:
         raise UsageError("--workers must be >= 1", fix="pass --workers 1 or more")
     if o.dask_scheduler or o.dask_local is not None:
-        from clam2sam.convert.dask_executor import check_dask_options
         check_dask_options(o)
     for name in ("mpp", "patch_size_level0", "legacy_downsample"):
         v = getattr(o, name)
@@ -133,3 +132,24 @@ def _check_out_apart(o: ConvertOptions) -> None:
             if rp == src or (src.is_dir() and src in rp.parents and rp.exists()):
                 raise UsageError(f"--report would overwrite a file of the source {flag}", path=o.report_path,
                                  fix="write the report elsewhere (default: OUT/convert_report.json)")
+
+
+def check_dask_options(o) -> None:
+    """Validate the Dask fields of a ConvertOptions.
+
+    Raises:
+        UsageError: both executors, ``--workers`` with Dask, N < 1, or distributed not installed.
+    """
+    if o.dask_scheduler and o.dask_local:
+        raise UsageError("--dask-scheduler and --dask-local exclude each other",
+                         fix="connect to a running cluster (--dask-scheduler) or start a local one (--dask-local)")
+    if o.dask_local is not None and int(o.dask_local) < 1:
+        raise UsageError("--dask-local must be >= 1", fix="pass the number of worker processes, e.g. --dask-local 4")
+    if o.workers > 1:
+        raise UsageError("--workers does not combine with --dask-scheduler/--dask-local",
+                         fix="drop --workers: the Dask workers convert the slides")
+    try:
+        import distributed  # noqa: F401
+    except ImportError as e:
+        raise UsageError("--dask-scheduler/--dask-local need dask.distributed",
+                         fix="pip install 'dask[distributed]'") from e
