@@ -20,7 +20,7 @@ FIT = ["--folds", "2", "--max-epochs", "3", "--threads", "1", "--seed", "5", "-q
 # Runs `samtrain fit` and SIGKILLs itself in the middle of the K-th training epoch (after 2 bags' steps).
 KILLER = """
 import os, signal, sys
-import trainer.run as R
+import trainer.fold as R
 K = int(sys.argv[1]); real = R.train_one_epoch; seen = {"epochs": 0}
 def train_one_epoch(*a, on_step=None, **k):
     seen["epochs"] += 1

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from trainer import run as run_mod
+from trainer import fold as run_mod
 from trainer.config import TrainConfig
 from trainer.run import run_fit
 
