@@ -12,7 +12,7 @@ rc=0
 SITE=$(mktemp -d)
 trap 'rm -rf "$SITE"' EXIT
 docs_rc=0
-NO_MKDOCS_2_WARNING=1 .venv/bin/python -m mkdocs build --strict --quiet --site-dir "$SITE" || docs_rc=$?
+NO_MKDOCS_2_WARNING=1 .venv/bin/python -m mkdocs build --strict --site-dir "$SITE" || docs_rc=$?
 if [ "$docs_rc" -ne 0 ]; then echo "test.sh: mkdocs build --strict failed (see above)" >&2; fi
 if [ "$rc" -ne 0 ]; then exit "$rc"; fi
 exit "$docs_rc"

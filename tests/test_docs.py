@@ -59,6 +59,29 @@ def test_docs_site_builds_strictly(tmp_path):
     assert "Where new code goes" in contributing and "--8&lt;--" not in contributing
 
 
+def test_docs_build_fails_on_a_broken_link(tmp_path):
+    """The project's mkdocs.yml is strict: a page in the nav that links to a missing page fails the build."""
+    if importlib.util.find_spec("mkdocs") is None:
+        pytest.skip("mkdocs is not installed: pip install -e '.[docs]' (or '.[test]')")
+    import shutil
+
+    docs = tmp_path / "docs"
+    shutil.copytree(ROOT / "docs", docs)
+    (docs / "broken.md").write_text("# Broken\n\nSee [the missing page](nowhere.md).\n")
+    cfg = (ROOT / "mkdocs.yml").read_text()
+    for old, new in (("docs_dir: docs", f"docs_dir: {docs}"), ('paths: ["."]', f'paths: ["{ROOT}"]'),
+                     ('base_path: ["."]', f'base_path: ["{ROOT}"]')):
+        assert old in cfg, old
+        cfg = cfg.replace(old, new)
+    (tmp_path / "mkdocs.yml").write_text(cfg.rstrip("\n") + "\n  - Broken: broken.md\n")
+    env = dict(os.environ, NO_MKDOCS_2_WARNING="1")
+    proc = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-f", str(tmp_path / "mkdocs.yml"),
+                           "--site-dir", str(tmp_path / "site")], cwd=ROOT, capture_output=True, text=True,
+                          env=env, timeout=600)
+    assert proc.returncode != 0
+    assert "nowhere.md" in proc.stdout + proc.stderr
+
+
 def test_every_docs_page_is_in_the_nav():
     nav = (ROOT / "mkdocs.yml").read_text()
     pages = [p.relative_to(ROOT / "docs").as_posix() for p in (ROOT / "docs").rglob("*.md")]
