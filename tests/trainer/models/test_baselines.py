@@ -1,4 +1,5 @@
-"""Baseline models (mean, max, abmil-gated, transmil, dsmil, clam-sb) x group features on / off.
+"""Baseline models (every registered model but the default model and backbone: mean, max, abmil-gated,
+transmil, dsmil, clam-sb) x group features on / off.
 
 Forward without NaN, output shapes, every trained parameter gets a gradient, model-specific facts
 (values, not shapes), and a short learning test on the seeded synthetic cohort.
@@ -11,11 +12,11 @@ import torch.nn.functional as F
 from trainer.config import TrainConfig
 from trainer.data import BagDataset, load_cohort
 from trainer.metrics import safe_auc
-from trainer.models import build_model
+from trainer.models import DEFAULT_BACKBONE, DEFAULT_MODEL, build_model, list_models, model_class
 from fixtures.synthetic import make_synthetic_store
 
-BASELINES = ["mean", "max", "abmil-gated", "transmil", "dsmil", "clam-sb"]
-ATTENTION = {"abmil-gated", "transmil", "dsmil", "clam-sb"}      # scores are softmax weights (sum to 1)
+BASELINES = [n for n in list_models() if n not in (DEFAULT_MODEL, DEFAULT_BACKBONE)]
+ATTENTION = {n for n in BASELINES if model_class(n).score_kind == "attention"}   # scores sum to 1
 EQUIVARIANT = ["mean", "max", "abmil-gated", "dsmil", "clam-sb"]  # transmil: PPEG depends on token order
 
 
