@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 from pathlib import Path
 
 STYLE = """
@@ -46,10 +45,6 @@ def table(head: list[str], rows: list[list], left: int = 1, row_class: list[str]
         out.append(f"<tr{cls}>" + "".join(cell("td", i, v) for i, v in enumerate(r)) + "</tr>")
     out.append("</table>")
     return "\n".join(out)
-
-
-def pre_json(obj) -> str:
-    return f"<pre>{esc(json.dumps(obj, indent=1, default=str))}</pre>"
 
 
 def page(title: str, sections: list[tuple[str, str]], intro: str = "") -> str:
