@@ -27,7 +27,8 @@ from torch.utils.data import DataLoader
 
 from trainer.checkpoint import load_checkpoint, save_checkpoint, set_rng_state
 from trainer.config import TrainConfig
-from trainer.data import BagDataset, Cohort, collate_one
+from trainer.cohort import Cohort
+from trainer.data import BagDataset, collate_one
 from trainer.distributed import SINGLE, DistContext
 from trainer.feature_stats import training_feature_stats
 from trainer.loop import evaluate, train_one_epoch

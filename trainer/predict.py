@@ -37,7 +37,8 @@ from clam2sam.ids import slide_key
 from clam2sam.store.writer import open_store
 from trainer.checkpoint import load_checkpoint
 from trainer.config import TrainConfig
-from trainer.data import read_bag, read_labels_csv
+from trainer.cohort import read_labels_csv
+from trainer.data import read_bag
 from trainer.metrics import youden_threshold
 from trainer.models import build_model, model_class
 

@@ -30,7 +30,7 @@ import torch
 from clam2sam.errors import UsageError
 from clam2sam.store.writer import open_store
 from trainer.config import TrainConfig
-from trainer.data import Cohort, describe_excluded, load_cohort
+from trainer.cohort import Cohort, describe_excluded, load_cohort
 from trainer.distributed import SINGLE, DistContext, init_from_env
 from trainer.fold import run_outer_fold
 from trainer.masking import ratio_spread

@@ -4,7 +4,8 @@ import torch
 
 from clam2sam.errors import UsageError
 from clam2sam.store.writer import SlideArrays, StoreWriter
-from trainer.data import BagDataset, load_cohort, read_labels_csv
+from trainer.cohort import load_cohort, read_labels_csv
+from trainer.data import BagDataset
 
 
 @pytest.fixture()

@@ -13,7 +13,7 @@ import pytest
 from clam2sam.inspect.checks import check_store
 from clam2sam.errors import StoreError, UsageError
 from clam2sam.store.writer import open_store
-from trainer.data import load_cohort, read_labels_csv
+from trainer.cohort import load_cohort, read_labels_csv
 from fixtures.synthetic import make_synthetic_store
 
 REPO = Path(__file__).resolve().parents[2]
