@@ -69,7 +69,9 @@ class MILModel(nn.Module):
 
     def __init__(self, in_dim: int, n_classes: int, *, group_features: bool = False,
                  max_instance_weight: float = 0.0):
-        """Args:
+        """The settings every model shares.
+
+        Args:
             group_features: append the segment group-feature tokens to the patches.
             max_instance_weight: weight of the auxiliary max-instance CE (attention-pooling models).
         """

@@ -38,10 +38,16 @@ class SAMMIL(MILModel):
                  sigmoid_b: float = -2.0, area_unit: str = "relative-size", group_by: str = "segment",
                  pseudo_bags: int = 5, alpha: float = 0.5, beta: float = 0.0, con_form: str = "within-share",
                  con_unassigned: bool = False, **common):
-        """Args:
+        """SAM-MIL around ``backbone``; every setting has its TrainConfig field's name.
+
+        Args:
             backbone: the plain MIL model trained (built by the registry from ``TrainConfig.backbone``).
-            mask ... group_by: SG2M (trainer/masking.py); pseudo_bags: m; alpha: weight of ``pb``;
-            beta: weight of ``con``; con_form, con_unassigned: the consistency term (trainer/losses.py).
+            mask: SG2M mode; mask_ratio, ratio_fn, sigmoid_a, sigmoid_b, area_unit and group_by configure
+                it (trainer/masking.py).
+            pseudo_bags: m, the number of pseudo-bags.
+            alpha: weight of the pseudo-bag term ``pb``.
+            beta: weight of the consistency term ``con``; con_form and con_unassigned shape it
+                (trainer/losses.py).
         """
         super().__init__(in_dim, n_classes, **common)
         self.backbone = backbone
