@@ -76,7 +76,7 @@ def sam_section(ctx: Ctx) -> Section:
         p = subprocess.run(cmd, capture_output=True, text=True, cwd=str(ROOT), timeout=1500)
         if p.returncode != 0:
             raise RuntimeError(f"bench_sam.py failed (rc {p.returncode}): {p.stderr[-2000:]}")
-    gpu = ("GPU: the vit_h / CUDA figures of issue 3 are not measured on this CPU machine; `bench/gpu_check.sh` "
+    gpu = ("GPU: the vit_h / CUDA figures are not measured on a CPU-only machine; `bench/gpu_check.sh` "
            "(with `bench/gpu_sam.sh`) is the prepared one-shot script for a GPU machine (`bench/RESULTS_GPU.md`).")
     if not js.is_file():
         return Section("sam", "5. SAM pass (CPU)", "\n".join([
@@ -85,7 +85,7 @@ def sam_section(ctx: Ctx) -> Section:
     d = json.loads(js.read_text())
     rows = [[r.get(c, "") for c in SAM_COLS] for r in d["rows"]]
     body = ([note, ""] if note else []) + [
-            "`bench/bench_sam.py` (colleague's bench; the code path of `clam2sam convert --sam-checkpoint`) on "
+            "`bench/bench_sam.py` (the code path of `clam2sam convert --sam-checkpoint`) on "
             "`/work/shared/data/cmu_small_region.svs`, random-weight checkpoints (same compute as the real ones). "
             "tiny = the SAM-MIL settings (points_per_side 32, crop_n_layers 1); vit_b on CPU = one image, "
             "64 points (points_per_side 8, crop_n_layers 0). Seconds per slide; outside_share = share of the "
