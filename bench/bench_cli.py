@@ -69,7 +69,7 @@ def commands(stores: dict[str, Path], old_tree: Path | None) -> list[tuple[str, 
              for k, p in stores.items()]
     if old_tree is not None:
         env = {"PYTHONPATH": str(old_tree)}
-        c2s, st = ([PY, "-c", f"import sys; from {m}.cli import main; sys.exit(main())"] for m in ("clam2sam", "trainer"))
+        c2s, st = ([PY, "-c", f"import sys; from {m}.cli.main import main; sys.exit(main())"] for m in ("clam2sam", "trainer"))
         rows += [("clam2sam --help [old tree]", c2s + ["--help"], env), ("samtrain --help [old tree]", st + ["--help"], env)]
         rows += [(f"clam2sam inspect --json ({k}) [old tree]", c2s + ["inspect", str(p), "--json"], env)
                  for k, p in stores.items()]
