@@ -1,4 +1,7 @@
-"""The ``samtrain`` command group (fit, predict, eval, heatmap). Errors become exit codes in clam2sam.cli.boundary.run_cli."""
+"""The ``samtrain`` command group (fit, predict, eval, heatmap, compare, report).
+
+Errors become exit codes in :func:`clam2sam.cli.boundary.run_cli`, shared with ``clam2sam``.
+"""
 from __future__ import annotations
 
 import click
