@@ -70,8 +70,8 @@ def commands(stores: dict[str, Path], old_tree: Path | None) -> list[tuple[str, 
     if old_tree is not None:
         env = {"PYTHONPATH": str(old_tree)}
         c2s, st = ([PY, "-c", f"import sys; from {m}.cli.main import main; sys.exit(main())"] for m in ("clam2sam", "trainer"))
-        rows += [("clam2sam --help [old tree]", c2s + ["--help"], env), ("samtrain --help [old tree]", st + ["--help"], env)]
-        rows += [(f"clam2sam inspect --json ({k}) [old tree]", c2s + ["inspect", str(p), "--json"], env)
+        rows += [("clam2sam --help (old tree)", c2s + ["--help"], env), ("samtrain --help (old tree)", st + ["--help"], env)]
+        rows += [(f"clam2sam inspect --json ({k}) (old tree)", c2s + ["inspect", str(p), "--json"], env)
                  for k, p in stores.items()]
     return rows
 
@@ -112,7 +112,7 @@ def run(ctx: Ctx, *, old_tree: Path | None = None) -> Section:
     for label, argv, _env in rows:
         m = median(times[label])
         ratio = m / base
-        is_target = label != rows[0][0] and "[old tree]" not in label
+        is_target = label != rows[0][0] and "(old tree)" not in label
         verdict = ("met" if ratio <= TARGET else "MISSED") if is_target else "-"
         table.append([label, fmt(m, 3), fmt(min(times[label]), 3), f"{ratio:.2f}", verdict])
         data["rows"][label] = {"median_s": m, "min_s": min(times[label]), "ratio_vs_h5py": ratio,

@@ -316,7 +316,7 @@ def run(ctx: Ctx, *, subset: int = 10, full: bool = True, configs: list | None =
                           f"**{fz / fh:.2f}**" if fz / fh <= 1.5 else f"{fz / fh:.2f}",
                           "met" if fz / fh <= 1.5 else "MISSED", fmt(pk, 0),
                           fmt((pk - idle["self_peak_rss_mb"]) / full_largest)])
-        body += ["", f"**The issue's cohort: all {len(all_ids)} slides** ({full_mb:.0f} MB features, largest slide "
+        body += ["", f"**The full cohort: all {len(all_ids)} slides** ({full_mb:.0f} MB features, largest slide "
                      f"{full_largest:.0f} MB; default codec and checksums; {reps_full} repeat(s) interleaved, "
                      "medians):", "",
                  md_table(["variant", "median s", "MB/s", "x h5py read", "target <= 1.5x", "peak RSS one process MB",

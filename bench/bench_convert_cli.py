@@ -103,7 +103,7 @@ def run(ctx: Ctx, *, archive: Path | None = None, old_tree: Path | None = None,
     out = ctx.work / "convert_cli.zarr"
     ctx.work.mkdir(parents=True, exist_ok=True)
     h5s = [str(archive / "h5_files" / f"{s}.h5") for s in slides]
-    variants = [("h5py", None)] + [("convert", None)] + ([("convert [old tree]", old_tree)] if old_tree else [])
+    variants = [("h5py", None)] + [("convert", None)] + ([("convert (old tree)", old_tree)] if old_tree else [])
     runs = {(v, g): [] for v, _ in variants for g in regimes}
     for r in range(reps):
         for g in regimes:

@@ -59,7 +59,7 @@ def test_quick_harness_writes_results(tmp_path):
 
 
 def test_glance_reports_the_full_cohort_per_regime(tmp_path):
-    # the target is stated for the whole (>= 50 slide) cohort: its medians head the glance table
+    # the target is stated for the whole (>= 50 slide) cohort: its medians head the glance table
     sys.path.insert(0, str(ROOT))
     from bench.run_all import glance
 

@@ -52,7 +52,7 @@ def test_exact_and_reference_bboxes_pass(tmp_path):
 
 
 def test_reference_membership_never_drops_a_mask_silently(tmp_path):
-    """A far-away bbox used to give mask 1 no member under --membership reference, exit 0."""
+    """A far-away bbox must not leave mask 1 silently without members under --membership reference (exit 0)."""
     af.make_segmented_cohort(tmp_path / "arch", n_slides=2)
     pkl = tmp_path / "arch" / "segments" / "s1.pkl"
     seg = load_pickle(pkl)  # the allow-list loader, as for any pickle read

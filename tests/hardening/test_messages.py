@@ -1,4 +1,4 @@
-"""Messages that used to name a wrong cause or fix: each now names the real cause and what to do."""
+"""Messages that could name a wrong cause or fix: each must name the real cause and what to do."""
 from __future__ import annotations
 
 import errno

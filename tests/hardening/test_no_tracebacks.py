@@ -1,4 +1,4 @@
-"""Inputs that used to show users a Python traceback: each is now one clear message with the right exit code."""
+"""Inputs that could show users a Python traceback: each must give one clear message with the right exit code."""
 from __future__ import annotations
 
 import json

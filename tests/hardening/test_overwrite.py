@@ -29,7 +29,7 @@ def _tree(root):
 
 
 def test_out_holding_the_source_is_refused(tmp_path):
-    """`convert X/src -o X --overwrite` used to delete the source archive inside X."""
+    """`convert X/src -o X --overwrite` must not delete the source archive inside X."""
     x = tmp_path / "X"
     cohort(x / "src", n_slides=2)
     (x / "notes.txt").write_text("mine")
@@ -53,7 +53,7 @@ def test_out_holding_the_source_is_refused(tmp_path):
 
 
 def test_folder_with_other_files_is_never_deleted(arch, tmp_path):
-    """`convert base -o mydir --overwrite` used to delete mydir/thesis.tex."""
+    """`convert base -o mydir --overwrite` must not delete mydir/thesis.tex."""
     mydir = tmp_path / "mydir"
     mydir.mkdir()
     (mydir / "thesis.tex").write_text("\\documentclass{article}")
@@ -69,7 +69,7 @@ def test_folder_with_other_files_is_never_deleted(arch, tmp_path):
 
 @pytest.mark.parametrize("flags", [("--overwrite",), ()], ids=["overwrite", "plain"])
 def test_plain_file_is_never_replaced(arch, tmp_path, flags):
-    """`-o some_file --overwrite` used to replace the file (and without the flag: a NotADirectoryError traceback)."""
+    """`-o some_file --overwrite` must not replace the file (nor, without the flag, show a NotADirectoryError traceback)."""
     f = tmp_path / "some_file"
     f.write_bytes(b"precious")
     p = run_cli("convert", arch, "-o", f, "-q", *flags)

@@ -1,4 +1,4 @@
-"""Inputs that used to be dropped or mislabelled quietly: each is now an error or a warning that names it."""
+"""Inputs that could be dropped or mislabelled quietly: each must give an error or a warning that names it."""
 from __future__ import annotations
 
 import pytest
@@ -72,7 +72,7 @@ def test_partly_matching_csv_warns_with_a_count(arch, tmp_path):
 
 
 def test_labels_are_stripped_and_case_clashes_reported(arch, tmp_path):
-    """`Normal ` and `normal` used to become two classes silently: whitespace is stripped, a case-only
+    """`Normal ` and `normal` must not become two classes silently: whitespace is stripped, a case-only
     difference is kept (it may be meant) but reported with counts."""
     csv = tmp_path / "d.csv"
     csv.write_text("case_id,slide_id,label\nc0,s0,Normal \nc1,s1, normal\nc2,s2,normal\t\n")

@@ -189,7 +189,7 @@ def test_command_runs_after_lazy_load(tmp_path):
 
 
 def test_jsonable_one_definition_same_values():
-    """jsonable moved out of clam2sam.store.writer (which inspect no longer imports); store re-exports it."""
+    """jsonable lives in clam2sam.jsonable (inspect does not import clam2sam.store.writer); the writer re-exports it."""
     from pathlib import Path
 
     import numpy as np
