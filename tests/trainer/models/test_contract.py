@@ -10,24 +10,18 @@ import pytest
 import torch
 
 from trainer.config import TrainConfig
-from trainer.data import Bag
 from trainer.models import build_model, list_models, model_class
 from trainer.models.base import METRIC_TERMS, MILModel, TrainOutput
 from trainer.models.registry import BACKBONE_PARAM, model_kwargs, model_params
+
+from tests.trainer.models.bags import make_bag as _make_bag
 
 MODELS = list_models()
 CONFIG_FIELDS = set(TrainConfig.__dataclass_fields__)
 
 
-def make_bag(N=40, S=4, D=16, label=1, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    seg = torch.randint(-1, S, (N,), generator=g)
-    seg[:S] = torch.arange(S)                      # every segment non-empty
-    sizes = torch.bincount(seg[seg >= 0], minlength=S)
-    feats = torch.randn(N, D, generator=g)
-    gf = torch.stack([feats[seg == k].mean(0) for k in range(S)])
-    return Bag("s", feats, gf, seg, sizes, sizes.double() * 100, torch.ones(N, dtype=torch.float64),
-               torch.tensor(label))
+def make_bag(N=40, **kw):
+    return _make_bag(N=N, **kw)
 
 
 def cfg(name, gf=False, **kw):
