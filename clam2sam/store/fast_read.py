@@ -46,7 +46,7 @@ _EMPTY = 2**64 - 1
 _BLOSC_HEADER = struct.Struct("<4B3I")   # version, versionlz, flags, typesize, nbytes, blocksize, cbytes
 SMALL_BYTES = 1 << 20                    # arrays (stored bytes) below this are read inline, no thread hop
 _SPLIT_ALIGN = 1 << 16                   # codec none: per-thread pieces of a contiguous read, aligned
-_CRC_PIECE = 256 << 10                   # chunks are read and checksummed in cache-sized pieces
+_CRC_PIECE = 256 << 10                   # one read thread: chunks read and checksummed in cache-sized pieces
 
 _POOL = ProcessPool("clam2sam-read")
 _THREADS_SET: int | None = None
@@ -102,16 +102,18 @@ def _crc32c(data) -> int:
     return value(data if isinstance(data, (bytes, np.ndarray)) else bytes(data))
 
 
-def _pread_crc(fd: int, dest: np.ndarray, offset: int, what: str, crc: int = 0) -> int:
+def _pread_crc(fd: int, dest: np.ndarray, offset: int, what: str, crc: int = 0, piece: int = _CRC_PIECE) -> int:
     """Fill ``dest`` (uint8, contiguous) from ``fd`` at ``offset`` and return the CRC32C of the bytes read
-    (continuing ``crc``), computed piece by piece right after each piece is read, while it is still in the CPU
-    cache (one pass over memory, not two)."""
+    (continuing ``crc``), ``piece`` bytes at a time. One read thread: cache-sized pieces, each checksummed
+    right after it is read while it is still in the CPU cache. Several read threads: whole chunks, since each
+    read / checksum call is a GIL hand-off between the threads, and small pieces cost more in hand-offs than
+    they save in memory traffic (``bench/bench_checksum.py``)."""
     from google_crc32c import extend
 
-    for a in range(0, dest.nbytes, _CRC_PIECE):
-        piece = dest[a:a + _CRC_PIECE]
-        _pread_into(fd, piece, offset + a, what)
-        crc = extend(crc, piece)
+    for a in range(0, dest.nbytes, piece):
+        part = dest[a:a + piece]
+        _pread_into(fd, part, offset + a, what)
+        crc = extend(crc, part)
     return crc
 
 
@@ -326,6 +328,8 @@ def _read_shard(fd: int, name: str, out: np.ndarray, rows: int, n_inner: int, fi
             _wait_all([pool.submit(_pread_into, fd, flat[a:b], offs[0] + a, f"shard {name}") for a, b in pieces])
             return
 
+    piece = max(chunk_bytes, 1) if use_pool else _CRC_PIECE          # see _pread_crc
+
     def one(k: int) -> None:
         a = k * chunk_bytes
         b = min(a + chunk_bytes, total)
@@ -337,15 +341,22 @@ def _read_shard(fd: int, name: str, out: np.ndarray, rows: int, n_inner: int, fi
             return
         if crc:                                                    # verified before it is used or decoded
             enc = nbs[k] - 4
-            stored_crc = _stored_crc(fd, offs[k] + enc, f"shard {name}")
             if not blosc:                                          # raw: straight into the output
-                got = _pread_crc(fd, flat[a:b], offs[k], f"shard {name}")
+                stored_crc = _stored_crc(fd, offs[k] + enc, f"shard {name}")
+                got = _pread_crc(fd, flat[a:b], offs[k], f"shard {name}", piece=piece)
                 if b - a < chunk_bytes:                            # partial last chunk: its padding aside
                     got = _pread_crc(fd, _scratch(chunk_bytes - (b - a)), offs[k] + b - a, f"shard {name}", got)
                 _verify_chunk(None, stored_crc, name, k, got)
                 return
-            src = _scratch(enc)
-            _verify_chunk(None, stored_crc, name, k, _pread_crc(fd, src, offs[k], f"shard {name}"))
+            if use_pool:                                           # encoded bytes + their CRC32C: one read
+                buf = _scratch(nbs[k])
+                _pread_into(fd, buf, offs[k], f"shard {name}")
+                src = buf[:enc]
+                _verify_chunk(src, int.from_bytes(buf[enc:].tobytes(), "little"), name, k)
+            else:
+                src = _scratch(enc)
+                stored_crc = _stored_crc(fd, offs[k] + enc, f"shard {name}")
+                _verify_chunk(None, stored_crc, name, k, _pread_crc(fd, src, offs[k], f"shard {name}"))
         else:
             src = _scratch(nbs[k])
             _pread_into(fd, src, offs[k], f"shard {name}")
