@@ -22,6 +22,7 @@ import shlex
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,26 +86,29 @@ SUITES = {
     "demo": (CORE, ["--folds", "5", "--repeats", "3", "--max-epochs", "20", "--lr", "1e-3", "--cache"]),
     "ablations": (ABLATIONS, ["--folds", "5", "--repeats", "1", "--max-epochs", "20", "--lr", "1e-3", "--cache"]),
     "medium": (CORE, ["--folds", "5", "--repeats", "3", "--max-epochs", "20", "--lr", "1e-3", "--cache"]),
-    "medium-ablations": (ABLATIONS, ["--folds", "5", "--repeats", "1", "--max-epochs", "20", "--lr", "1e-3",
+    "medium-ablations": (ABLATIONS, ["--folds", "5", "--repeats", "3", "--max-epochs", "20", "--lr", "1e-3",
                                      "--cache"]),
     "rare": (CORE, ["--folds", "3", "--max-epochs", "20", "--cache"]),
     "realsize": (CORE, ["--folds", "3", "--max-epochs", "10", "--cache"]),
 }
 
 
-def run_suite(suite: str, out: Path, extra: list[str], log) -> str:
+def run_suite(suite: str, out: Path, extra: list[str], log, jobs: int = 1) -> str:
     work = out / suite
     store = store_for(suite, out / "stores", log)
     fits, common = SUITES[suite]
     common = common + ["--seed", "2021", "--threads", "1", "-q"] + extra
-    rows, cmds = [], []
+    rows, cmds, todo = [], [], []
     for key, label, args in fits:
         run = work / key
         cmd = [SAMTRAIN, "fit", str(store), "--out", str(run), *args, *common]
         cmds.append(shlex.join(["samtrain", *cmd[1:]]))
         if not (run / "results.json").exists():
-            sh(cmd, log)
-        r = json.loads((run / "results.json").read_text())
+            todo.append(cmd)
+    with ThreadPoolExecutor(max(1, jobs)) as pool:                 # fits are independent processes
+        list(pool.map(lambda c: sh(c, log), todo))
+    for key, label, args in fits:
+        r = json.loads((work / key / "results.json").read_text())
         a = r["summary"]["test"]["auc"]
         rows.append((key, label, a, r.get("flagged_folds", []), r["summary"].get("test_auc_pooled")))
     lines = [f"### {suite}: store `{store.name}`", "", "| run | test AUC mean ± sd | median [IQR] | flagged folds |",
@@ -144,6 +148,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("suite", choices=list(SUITES))
     ap.add_argument("--out", default="/tmp/acc")
+    ap.add_argument("--jobs", type=int, default=1, help="fits run at the same time (each uses --threads 1)")
     ap.add_argument("extra", nargs="*", help="extra samtrain fit arguments for every fit (after --)")
     a = ap.parse_args(argv)
     out = Path(a.out)
@@ -154,7 +159,7 @@ def main(argv=None) -> int:
         print(msg, file=sys.stderr, flush=True)
         print(msg, file=logf, flush=True)
 
-    print(run_suite(a.suite, out, a.extra, log))
+    print(run_suite(a.suite, out, a.extra, log, a.jobs))
     return 0
 
 
