@@ -63,6 +63,7 @@ class TrainConfig:
     sigmoid_a: float | None = None       # default per unit (DEFAULT_SIGMOID_A)
     sigmoid_b: float | None = None       # default per unit (DEFAULT_SIGMOID_B_BY_UNIT)
     group_by: str = "segment"            # "sam-area": the reference's grouping by equal relative_area
+    mask_warmup: int = 0                 # epochs over which MR_target ramps up from 0
     # bag level
     pseudo_bags: int = 5                 # m
     alpha: float = 0.5                   # pseudo-bag CE weight
@@ -136,6 +137,8 @@ class TrainConfig:
             bad(f"--backbone cannot be {self.backbone}", fix=f"use a plain MIL model such as {DEFAULT_BACKBONE}")
         if not 0.0 <= self.mask_ratio < 1.0:
             bad(f"--mask-ratio {self.mask_ratio} must be in [0, 1)")
+        if self.mask_warmup < 0:
+            bad(f"--mask-warmup {self.mask_warmup} must be >= 0")
         if self.pseudo_bags < 1:
             bad("--pseudo-bags must be >= 1")
         if self.alpha < 0 or self.beta < 0 or self.max_instance_weight < 0:

@@ -190,6 +190,7 @@ def train_epoch(f: Fold, st: FoldState) -> None:
     cfg, ctx, epoch = f.cfg, f.ctx, st.next_epoch
     order = torch.randperm(len(f.ds["train"]), generator=torch.Generator().manual_seed(f.seed * 1000 + epoch))
     tr_loader = make_loader(f.ds["train"], cfg, ctx.train_sampler(order.tolist()), f.seed + epoch)
+    f.model.set_epoch(epoch)
     tr = train_one_epoch(f.train_model, tr_loader, f.optimizer, f.device, accumulate=ctx.accumulate(cfg.batch_size),
                          on_step=f.progress.step)
     tr = ctx.reduce_train_stats(tr, len(tr_loader))

@@ -185,14 +185,21 @@ class SG2M(nn.Module):
         return mask_groups(bag.segment_ids, bag.segment_sizes, bag.segment_sam_area, bag.patch_sam_area,
                            area_unit=self.area_unit, group_by=self.group_by)
 
-    def forward(self, bag, n_group_tokens: int, groups: MaskGroups | None = None) -> torch.Tensor:
-        """Kept token indices for ``bag`` (group tokens, if any, follow the patches)."""
+    def forward(self, bag, n_group_tokens: int, groups: MaskGroups | None = None,
+                scale: float = 1.0) -> torch.Tensor:
+        """Kept token indices for ``bag`` (group tokens, if any, follow the patches).
+
+        ``scale`` in [0, 1] multiplies MR_target (the warm-up ramp of SAM-MIL); 0 keeps every token.
+        """
         dev = bag.features.device
+        mr = self.mask_ratio * float(scale)
+        if self.mode == NONE or scale <= 0:
+            return torch.arange(bag.n_patches + n_group_tokens, device=dev)
         if self.mode != SAM:
-            return keep_index(self.mode, bag.n_patches, n_group_tokens, mask_ratio=self.mask_ratio, device=dev)
+            return keep_index(self.mode, bag.n_patches, n_group_tokens, mask_ratio=mr, device=dev)
         groups = groups if groups is not None else self.groups(bag)
         ratios = group_ratios(groups.area, groups.is_segment, self.ratio_fn, self.a, self.b)
-        return keep_index(SAM, bag.n_patches, n_group_tokens, mask_ratio=self.mask_ratio, groups=groups,
+        return keep_index(SAM, bag.n_patches, n_group_tokens, mask_ratio=mr, groups=groups,
                           ratios=ratios, device=dev)
 
     def extra_repr(self) -> str:

@@ -18,7 +18,7 @@ from clam2sam.errors import UsageError
 # settings that may be searched, with their type
 SEARCHABLE = {"beta": float, "alpha": float, "mask_ratio": float, "lr": float, "weight_decay": float,
               "max_instance_weight": float, "sigmoid_a": float, "sigmoid_b": float, "dropout": float,
-              "pseudo_bags": int}
+              "pseudo_bags": int, "mask_warmup": int}
 
 
 def parse_search(specs) -> dict[str, list]:

@@ -75,3 +75,20 @@ def test_changed_settings_refused_without_overwrite(syn_store, tmp_path):
     run_fit(_cfg(syn_store, tmp_path / "r", model="abmil", max_epochs=1))
     with pytest.raises(UsageError, match="lr"):
         run_fit(_cfg(syn_store, tmp_path / "r", model="abmil", max_epochs=1, lr=1e-3))
+
+
+def test_the_loop_tells_the_model_each_epoch_so_the_mask_warmup_ramps(syn_store, tmp_path, monkeypatch):
+    from trainer.models.sam_mil import SAMMIL
+
+    seen = []
+    real = SAMMIL.mask_scale
+
+    def spy(self):
+        seen.append((self.epoch, real(self)))
+        return real(self)
+
+    monkeypatch.setattr(SAMMIL, "mask_scale", spy)
+    run_fit(_cfg(syn_store, tmp_path / "w", model="sam-mil", mask_warmup=2, max_epochs=3, folds=2))
+    per_epoch = sorted(set(seen))
+    assert per_epoch == [(0, 0.0), (1, 0.5), (2, 1.0)]
+    assert [e for e, _ in seen].count(0) == [e for e, _ in seen].count(2) > 0   # both folds, every bag

@@ -65,6 +65,9 @@ def _opt_group(f):
                      help="Per-group ratio function for --mask sam (paper Table 4)."),
         click.option("--mask-ratio", "mask_ratio", default=d.mask_ratio, show_default=True, type=float,
                      help="MR_target in [0, 1)."),
+        click.option("--mask-warmup", "mask_warmup", default=d.mask_warmup, show_default=True, type=int,
+                     help="Epochs over which the mask ratio ramps up linearly from 0 to --mask-ratio "
+                          "(epoch 0 trains on whole bags); 0 = SG2M from the first step."),
         click.option("--area-unit", type=click.Choice(AREA_UNITS), default=d.area_unit, show_default=True,
                      help="Group area A_k: segment size relative to the slide's mean segment (default; "
                           "R spreads over segment sizes on every slide), share of the slide's patches, or "

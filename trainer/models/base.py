@@ -85,6 +85,10 @@ class MILModel(nn.Module):
         self.register_buffer("feat_mean", torch.zeros(in_dim))
         self.register_buffer("feat_inv_sd", torch.ones(in_dim))
 
+    def set_epoch(self, epoch: int) -> None:
+        """Told by the training loop which epoch starts (0-based); for schedules inside a model."""
+        self.epoch = int(epoch)
+
     # -- token layout
     def tokens(self, bag) -> torch.Tensor:
         """``(T, D)``: patches, then group features when enabled, standardised."""

@@ -36,7 +36,7 @@ class SAMMIL(MILModel):
     def __init__(self, in_dim: int, n_classes: int, *, backbone: MILModel, mask: str = "sam",
                  mask_ratio: float = 0.9, ratio_fn: str = "sigmoid", sigmoid_a: float = 2.0,
                  sigmoid_b: float = -2.0, area_unit: str = "relative-size", group_by: str = "segment",
-                 pseudo_bags: int = 5, alpha: float = 0.5, beta: float = 0.0, con_form: str = "within-share",
+                 mask_warmup: int = 0, pseudo_bags: int = 5, alpha: float = 0.5, beta: float = 0.0, con_form: str = "within-share",
                  con_unassigned: bool = False, **common):
         """SAM-MIL around ``backbone``; every setting has its TrainConfig field's name.
 
@@ -44,6 +44,8 @@ class SAMMIL(MILModel):
             backbone: the plain MIL model trained (built by the registry from ``TrainConfig.backbone``).
             mask: SG2M mode; mask_ratio, ratio_fn, sigmoid_a, sigmoid_b, area_unit and group_by configure
                 it (trainer/masking.py).
+            mask_warmup: epochs over which MR_target ramps up linearly from 0 (epoch 0 trains on whole
+                bags, epoch ``mask_warmup`` and later on MR_target); 0 = masking from the first step.
             pseudo_bags: m, the number of pseudo-bags.
             alpha: weight of the pseudo-bag term ``pb``.
             beta: weight of the consistency term ``con``; con_form and con_unassigned shape it
@@ -52,6 +54,8 @@ class SAMMIL(MILModel):
         super().__init__(in_dim, n_classes, **common)
         self.backbone = backbone
         self.sg2m = SG2M(mask, mask_ratio, ratio_fn, sigmoid_a, sigmoid_b, area_unit, group_by)
+        self.mask_warmup = int(mask_warmup)
+        self.epoch = 0
         self.m, self.alpha, self.beta = pseudo_bags, alpha, beta
         self.con_form, self.con_unassigned = con_form, con_unassigned
 
@@ -69,6 +73,10 @@ class SAMMIL(MILModel):
 
     def head(self, h, cache=None):
         return self.backbone.head(h, cache)
+
+    def mask_scale(self) -> float:
+        """Share of MR_target applied in the current epoch: ``min(1, epoch / mask_warmup)``."""
+        return 1.0 if self.mask_warmup <= 0 else min(1.0, self.epoch / self.mask_warmup)
 
     @staticmethod
     def _take(c, idx):
@@ -88,7 +96,7 @@ class SAMMIL(MILModel):
         h = self.embed(x)                                      # (T, E)
         c = self.instance_cache(h)                             # (T,) or None
         groups = self.sg2m.groups(bag)
-        keep = self.sg2m(bag, self.n_group_tokens(bag), groups)   # (K,)
+        keep = self.sg2m(bag, self.n_group_tokens(bag), groups, self.mask_scale())   # (K,)
 
         parts = (pseudo_bag_indices(keep.numel(), self.m, device=keep.device)
                  if self.alpha > 0 and self.m > 1 else [])

@@ -105,3 +105,27 @@ def test_sub_bag_pooling_in_one_product_equals_the_per_sub_bag_head(backbone):
     fast = m.pool_subsets(h, c, subsets)
     slow = torch.cat([m.head(h[r], c[r])["logits"] for r in rows])
     assert torch.allclose(fast, slow, atol=1e-5)
+
+
+def test_mask_warmup_ramps_the_mask_ratio_from_zero():
+    bag = make_bag(N=400, S=4)
+    m = build_model("sam-mil", 16, 2, cfg(mask="sam", ratio_fn="constant", mask_ratio=0.5, mask_warmup=4))
+    groups = m.sg2m.groups(bag)
+    counts = torch.bincount(groups.group_of_patch, minlength=groups.n_groups)
+    kept = {}
+    for epoch in (0, 2, 4, 9):
+        m.set_epoch(epoch)
+        kept[epoch] = m.loss_dict(bag)["n_kept"]
+    mr = {0: 0.0, 2: 0.25, 4: 0.5, 9: 0.5}
+    for epoch, ratio in mr.items():   # floor(n_k * MR * scale) dropped per group; 4 group tokens always kept
+        dropped = sum(int(n * ratio + 1e-9) for n in counts.tolist())
+        assert kept[epoch] == 404 - dropped, epoch
+    assert kept[0] == 404 and kept[4] < kept[2] < kept[0]
+
+
+def test_mask_warmup_zero_masks_from_the_first_step_and_negative_is_refused():
+    m = build_model("sam-mil", 16, 2, cfg(mask="sam", ratio_fn="constant", mask_ratio=0.5))
+    m.set_epoch(0)
+    assert m.mask_scale() == 1.0 and m.loss_dict(make_bag(N=400, S=4))["n_kept"] < 300
+    with pytest.raises(UsageError, match="mask-warmup"):
+        cfg(mask_warmup=-1).validate()
