@@ -51,15 +51,24 @@ def disk_usage(path: str | os.PathLike) -> dict:
         ``{"disk_bytes", "uncompressed_bytes", "compression_ratio"}`` (ratio ``None`` for an empty tree).
     """
     disk = unc = 0
-    for root, _dirs, files in os.walk(path):
-        for name in files:
-            p = os.path.join(root, name)
-            try:
-                disk += os.stat(p).st_size
-            except OSError:
-                continue
-            if name == "zarr.json":
-                unc += _array_nbytes(p)
+    stack = [os.fspath(path)]
+    while stack:          # os.scandir: file types from the directory listing, one stat per file
+        try:
+            it = os.scandir(stack.pop())
+        except OSError:
+            continue
+        with it:
+            for entry in it:
+                try:
+                    if entry.is_dir():                  # as os.walk: links to folders are not followed
+                        if not entry.is_symlink():
+                            stack.append(entry.path)
+                        continue
+                    disk += entry.stat(follow_symlinks=True).st_size
+                except OSError:
+                    continue
+                if entry.name == "zarr.json":
+                    unc += _array_nbytes(entry.path)
     return {"disk_bytes": int(disk), "uncompressed_bytes": int(unc),
             "compression_ratio": (unc / disk) if disk else None}
 
