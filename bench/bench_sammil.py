@@ -89,7 +89,7 @@ SUITES = {
     "medium-ablations": (ABLATIONS, ["--folds", "5", "--repeats", "3", "--max-epochs", "20", "--lr", "1e-3",
                                      "--cache"]),
     "rare": (CORE, ["--folds", "3", "--max-epochs", "20", "--cache"]),
-    "realsize": (CORE, ["--folds", "3", "--max-epochs", "10", "--cache"]),
+    "realsize": (CORE, ["--folds", "3", "--max-epochs", "20", "--cache"]),
 }
 
 
@@ -150,7 +150,10 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="/tmp/acc")
     ap.add_argument("--jobs", type=int, default=1, help="fits run at the same time (each uses --threads 1)")
     ap.add_argument("extra", nargs="*", help="extra samtrain fit arguments for every fit (after --)")
-    a = ap.parse_args(argv)
+    a, rest = ap.parse_known_args(argv)      # everything after "--" goes to every fit
+    if rest and rest[0] == "--":
+        rest = rest[1:]
+    a.extra = [*a.extra, *rest]
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     logf = (out / f"{a.suite}.log").open("a")
