@@ -89,6 +89,8 @@ class TrainConfig:
     # nested selection (trainer/search.py): settings tried on each outer training part
     search: dict = field(default_factory=dict)   # {"beta": [0.0, 0.1], ...}
     inits: int = 1                       # initialisations per setting, the best kept on validation
+    reinit_below: float = 0.0            # another initialisation while validation AUC stays below this (0: off)
+    max_inits: int = 3                   # at most this many initialisations per setting with reinit_below
     # runtime
     num_workers: int = 0
     threads: int = 0                     # torch intra-op threads; 0 = torch default
@@ -159,6 +161,10 @@ class TrainConfig:
                 fix="lower --min-epochs or raise --max-epochs")
         if self.inits < 1:
             bad("--inits must be >= 1")
+        if self.max_inits < 1:
+            bad("--max-inits must be >= 1")
+        if not 0.0 <= self.reinit_below <= 1.0:
+            bad(f"--reinit-below {self.reinit_below} must be in [0, 1] (0 turns it off)")
         if self.lr <= 0:
             bad("--lr must be > 0")
 

@@ -36,7 +36,7 @@ from trainer.metrics import evaluate_fold, safe_auc
 from trainer.models import build_model
 from trainer.models.base import METRIC_TERMS
 from trainer.report import NullProgress
-from trainer.search import candidate_config, candidates, pick, selection_key
+from trainer.search import candidate_config, grid_points, init_budget, needs_reinit, pick, selection_key
 from trainer.splits import Split
 
 # metrics.csv header: the loss columns come from the models' METRIC_TERMS (trainer/models/base.py)
@@ -275,17 +275,34 @@ def run_outer_fold(cfg: TrainConfig, cohort: Cohort, split: Split, in_dim: int, 
     """One outer fold: :func:`run_fold` directly, or every ``--search`` / ``--inits`` candidate in
     ``fold_dir/cand_<i>`` and the one with the best validation score (trainer/search.py).
 
+    With ``--reinit-below A`` (default 0: off), a setting whose initialisations all end below validation AUC
+    ``A`` gets another one, up to ``--max-inits``: a fold that trained well keeps its single model in
+    ``fold_dir`` as before, a failed start is moved to ``cand_00`` and the next ones follow it. Only
+    validation decides; the test fold is scored once per candidate and never compared.
+
     The chosen candidate's ``best.pt``, ``metrics.csv`` and ``predictions.csv`` are copied into
     ``fold_dir`` so that predict, heatmap and the report see one model per fold.
     """
-    if not cfg.search and cfg.inits <= 1:
-        return run_fold(cfg, cohort, split, in_dim, device, fold_dir, progress, ctx)
+    low, high = init_budget(cfg)
+    if not cfg.search and low == 1 and not (fold_dir / "cand_00").exists():
+        res = run_fold(cfg, cohort, split, in_dim, device, fold_dir, progress, ctx)
+        if high == 1 or "search" in res or not needs_reinit([res], cfg.reinit_below):
+            return res
+        if ctx.is_main:
+            _move_into_candidate(fold_dir, fold_dir / "cand_00")
+        ctx.barrier()
     finished = read_done(fold_dir, cfg, ctx)
     if finished is not None:
         return finished
-    cands = candidates(cfg.search, cfg.inits)
-    results = [run_fold(candidate_config(cfg, cand), cohort, split, in_dim, device, fold_dir / f"cand_{i:02d}",
-                        progress, ctx, init=cand["init"]) for i, cand in enumerate(cands)]
+    cands, results = [], []
+    for params in grid_points(cfg.search):
+        mine = []
+        while len(mine) < low or (len(mine) < high and needs_reinit(mine, cfg.reinit_below)):
+            cand = {"params": params, "init": len(mine)}
+            mine.append(run_fold(candidate_config(cfg, cand), cohort, split, in_dim, device,
+                                 fold_dir / f"cand_{len(cands):02d}", progress, ctx, init=cand["init"]))
+            cands.append(cand)
+        results += mine
     k = pick(results, cfg.monitor)
     res = dict(results[k])
     res["search"] = {"chosen": k, "chosen_params": cands[k]["params"], "chosen_init": cands[k]["init"],
@@ -293,8 +310,25 @@ def run_outer_fold(cfg: TrainConfig, cohort: Cohort, split: Split, in_dim: int, 
                                      "val_loss": r["val"].get("loss"), "best_epoch": r["best_epoch"]}
                                     for c, r in zip(cands, results)],
                      "note": "chosen on the validation split of the training part; test never used"}
+    if high > low:
+        res["search"]["reinit_below"] = cfg.reinit_below
     if ctx.is_main:
         for name in ("best.pt", "metrics.csv", "predictions.csv"):
             shutil.copy2(fold_dir / f"cand_{k:02d}" / name, fold_dir / name)
         write_json_atomic(fold_dir / "done.json", res)
     return res
+
+
+def _move_into_candidate(fold_dir: Path, cand_dir: Path) -> None:
+    """Move a finished single-model fold into ``cand_dir`` (its files, then the folder's name), so that a
+    crash at any point leaves either the fold as it was or the candidate complete."""
+    tmp = cand_dir.with_name(cand_dir.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    names = sorted(p.name for p in fold_dir.iterdir() if p.is_file())
+    for name in sorted(names, key=lambda n: n == "done.json"):        # done.json last
+        shutil.copy2(fold_dir / name, tmp / name)
+    os.replace(tmp, cand_dir)
+    for name in names:
+        (fold_dir / name).unlink()

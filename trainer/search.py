@@ -42,14 +42,33 @@ def parse_search(specs) -> dict[str, list]:
     return out
 
 
+def grid_points(search: dict[str, list]) -> list[dict]:
+    """Every combination of the searched values, in a fixed order (``[{}]`` without a search)."""
+    keys = list(search)
+    return [dict(zip(keys, combo)) for combo in itertools.product(*(search[k] for k in keys))] or [{}]
+
+
 def candidates(search: dict[str, list], inits: int) -> list[dict]:
     """Every combination of the searched values times ``inits`` initialisations.
 
     Returns a list of ``{"params": {name: value}, "init": j}`` in a fixed order (grid order, then init).
     """
-    keys = list(search)
-    grid = [dict(zip(keys, combo)) for combo in itertools.product(*(search[k] for k in keys))] or [{}]
-    return [{"params": p, "init": j} for p in grid for j in range(max(1, inits))]
+    return [{"params": p, "init": j} for p in grid_points(search) for j in range(max(1, inits))]
+
+
+def init_budget(cfg) -> tuple[int, int]:
+    """(initialisations always trained, most trained) per setting: ``--inits``, and ``--max-inits`` when
+    ``--reinit-below`` is on (further initialisations only while validation says the earlier ones failed)."""
+    low = max(1, cfg.inits)
+    return low, (max(low, cfg.max_inits) if cfg.reinit_below > 0 else low)
+
+
+def needs_reinit(results: list[dict], reinit_below: float) -> bool:
+    """True when no initialisation of a setting reached validation AUC ``reinit_below`` (a failed start:
+    the attention found nothing and the model memorised its training slides). Undefined AUCs never ask."""
+    aucs = [r["val"].get("auc") for r in results]
+    aucs = [a for a in aucs if a is not None and math.isfinite(a)]
+    return reinit_below > 0 and len(aucs) == len(results) and max(aucs) < reinit_below
 
 
 def candidate_config(cfg, cand: dict):

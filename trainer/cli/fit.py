@@ -123,6 +123,13 @@ def _opt_group(f):
         click.option("--inits", default=d.inits, show_default=True, type=int,
                      help="Initialisations per setting; the best on validation is kept (guards against an "
                           "unlucky start)."),
+        click.option("--reinit-below", "reinit_below", default=d.reinit_below, show_default=True, type=float,
+                     help="Train another initialisation of a fold while its best validation AUC stays below "
+                          "this (a start whose attention found nothing); the best on validation is kept. "
+                          "0 = off."),
+        click.option("--max-inits", "max_inits", default=d.max_inits, show_default=True, type=int,
+                     help="At most this many initialisations per fold (and per --search setting) with "
+                          "--reinit-below."),
         click.option("--monitor", type=click.Choice(MONITORS), default=d.monitor, show_default=True,
                      help="Validation score for selection: AUC (ties: lower loss) or loss."),
         # runtime
