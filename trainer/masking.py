@@ -192,9 +192,9 @@ class SG2M(nn.Module):
         ``scale`` in [0, 1] multiplies MR_target (the warm-up ramp of SAM-MIL); 0 keeps every token.
         """
         dev = bag.features.device
-        mr = self.mask_ratio * float(scale)
         if self.mode == NONE or scale <= 0:
             return torch.arange(bag.n_patches + n_group_tokens, device=dev)
+        mr = self.mask_ratio * float(scale)
         if self.mode != SAM:
             return keep_index(self.mode, bag.n_patches, n_group_tokens, mask_ratio=mr, device=dev)
         groups = groups if groups is not None else self.groups(bag)

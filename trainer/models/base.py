@@ -84,6 +84,7 @@ class MILModel(nn.Module):
         # apply the same transform.
         self.register_buffer("feat_mean", torch.zeros(in_dim))
         self.register_buffer("feat_inv_sd", torch.ones(in_dim))
+        self.epoch = 0                 # the training epoch under way (:meth:`set_epoch`)
 
     def set_epoch(self, epoch: int) -> None:
         """Told by the training loop which epoch starts (0-based); for schedules inside a model."""

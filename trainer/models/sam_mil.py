@@ -36,8 +36,8 @@ class SAMMIL(MILModel):
     def __init__(self, in_dim: int, n_classes: int, *, backbone: MILModel, mask: str = "sam",
                  mask_ratio: float = 0.9, ratio_fn: str = "sigmoid", sigmoid_a: float = 2.0,
                  sigmoid_b: float = -2.0, area_unit: str = "relative-size", group_by: str = "segment",
-                 mask_warmup: int = 0, pseudo_bags: int = 5, alpha: float = 0.5, beta: float = 0.0, con_form: str = "within-share",
-                 con_unassigned: bool = False, **common):
+                 mask_warmup: int = 0, pseudo_bags: int = 5, alpha: float = 0.5, beta: float = 0.0,
+                 con_form: str = "within-share", con_unassigned: bool = False, **common):
         """SAM-MIL around ``backbone``; every setting has its TrainConfig field's name.
 
         Args:
@@ -55,7 +55,6 @@ class SAMMIL(MILModel):
         self.backbone = backbone
         self.sg2m = SG2M(mask, mask_ratio, ratio_fn, sigmoid_a, sigmoid_b, area_unit, group_by)
         self.mask_warmup = int(mask_warmup)
-        self.epoch = 0
         self.m, self.alpha, self.beta = pseudo_bags, alpha, beta
         self.con_form, self.con_unassigned = con_form, con_unassigned
 
